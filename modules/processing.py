@@ -1,0 +1,265 @@
+"""txt2img, img2img, inpaint and hires fix: turns a GenerationRequest into images with one denoise loop.
+
+Per batch: seeds → noise → (init latents, masks) → denoise → (hires pass) → decode → overlay → hand each
+finished image to `on_image` at once, so nothing finished is lost if the job is interrupted later.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from modules import image_ops, noise, samplers, vae_codec
+from modules.latent_preview import cheap_preview
+from modules.model_loading import LoadedModel
+from modules.progress import GenerationControl, Interrupted, Skipped
+from modules.request import GenerationRequest
+from modules.sampling import DenoiseState, Hooks, denoise
+from modules.text_encoding import Conditioning, PromptEncoder, stack
+
+if TYPE_CHECKING:
+    from modules.inpainting import InpaintJob, InpaintSetup
+
+log = logging.getLogger(__name__)
+
+LATENT_UPSCALE_MODES = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+
+
+@dataclass
+class FinishedImage:
+    image: Image.Image
+    index: int  # position in the whole job
+    seed: int
+    subseed: int
+    prompt: str
+    negative_prompt: str
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    negative_prompts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings for the user (NaN fallback, ...)
+    interrupted: bool = False
+
+
+def hires_size(request: GenerationRequest) -> tuple[int, int]:
+    """Target (w, h) of the hires pass: resize-to wins over scale; one side 0 keeps the aspect ratio."""
+    w, h = request.width, request.height
+    rx, ry = request.hr_resize_x, request.hr_resize_y
+    if rx == 0 and ry == 0:
+        tw, th = int(w * request.hr_scale), int(h * request.hr_scale)
+    elif rx == 0:
+        tw, th = ry * w // h, ry
+    elif ry == 0:
+        tw, th = rx, rx * h // w
+    else:
+        tw, th = rx, ry
+    return tw // 8 * 8, th // 8 * 8
+
+
+class Generation:
+    """One request's run over one loaded model."""
+
+    def __init__(self, request: GenerationRequest, model: LoadedModel, control: GenerationControl,
+                 hooks: Optional[Hooks] = None, on_image: Optional[Callable[[FinishedImage], None]] = None):
+        self.request = request.validate()
+        self.model = model
+        self.control = control
+        self.hooks = hooks or Hooks()
+        self.on_image = on_image
+        self.sampler, self.schedule = samplers.resolve_sampler(request.sampler_name, request.scheduler)
+        if request.enable_hr and not request.is_img2img:
+            if request.hr_upscaler not in LATENT_UPSCALE_MODES and request.hr_upscaler not in PIXEL_UPSCALERS:
+                from modules.errors import ValidationError
+
+                valid = ", ".join([*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS])
+                raise ValidationError("hr_upscaler", f"unknown upscaler '{request.hr_upscaler}'; valid: {valid}")
+        self.encoder = PromptEncoder(model)
+        self._cond_cache: dict[str, Conditioning] = {}
+        self.result = GenerationResult()
+
+    # -- public -------------------------------------------------------------------------------
+    def run(self) -> GenerationResult:
+        req = self.request
+        total = req.batch_size * req.n_iter
+        self.result.seeds = noise.seeds_for(req.seed, total)
+        self.result.subseeds = noise.seeds_for(req.subseed, total)
+        self.result.prompts = [req.prompt] * total
+        self.result.negative_prompts = [req.negative_prompt] * total
+        self.control.total = self._steps_per_batch() * req.n_iter
+        for batch in range(req.n_iter):
+            start = batch * req.batch_size
+            try:
+                self._run_batch(start, start + req.batch_size)
+            except Skipped:
+                continue
+            except Interrupted:
+                self.result.interrupted = True
+                break
+        return self.result
+
+    # -- batches ------------------------------------------------------------------------------
+    def _steps_per_batch(self) -> int:
+        req = self.request
+        if req.is_img2img:
+            return _img2img_steps(req.steps, req.denoising_strength)
+        steps = req.steps
+        if req.enable_hr:
+            steps += _img2img_steps(req.hr_second_pass_steps or req.steps, req.denoising_strength)
+        return steps
+
+    def _run_batch(self, start: int, end: int) -> None:
+        req = self.request
+        seeds, subseeds = self.result.seeds[start:end], self.result.subseeds[start:end]
+        cond = self._conditioning(self.result.prompts[start:end])
+        uncond = self._conditioning(self.result.negative_prompts[start:end])
+        spec = noise.NoiseSpec(seeds, subseeds, req.subseed_strength, (req.seed_resize_from_w, req.seed_resize_from_h))
+        if req.is_img2img:
+            pixels, inpaint = self._img2img(spec, cond, uncond, start, end)
+        else:
+            latents = self._txt2img(spec, cond, uncond)
+            pixels = vae_codec.decode(self.model, latents, self.result.notes)
+            inpaint = None
+        for offset, image in enumerate(image_ops.tensor_to_pil(pixels)):
+            if inpaint is not None:
+                image = inpaint.finish(image, start + offset)
+            self._deliver(image, start + offset)
+
+    def _deliver(self, image: Image.Image, index: int) -> None:
+        self.result.images.append(image)
+        finished = FinishedImage(image, index, self.result.seeds[index], self.result.subseeds[index],
+                                 self.result.prompts[index], self.result.negative_prompts[index])
+        if self.on_image is not None:
+            self.on_image(finished)
+
+    def _conditioning(self, prompts: list[str]) -> Conditioning:
+        conds = []
+        for prompt in prompts:
+            if prompt not in self._cond_cache:
+                self._cond_cache[prompt] = self.encoder.encode(prompt, self.request.clip_skip)
+            conds.append(self._cond_cache[prompt])
+        return stack(conds)
+
+    # -- passes -------------------------------------------------------------------------------
+    def _schedulers(self, count: int, steps: int) -> list:
+        schedulers = []
+        for _ in range(count):
+            scheduler = samplers.make_scheduler(self.sampler.name, self.schedule, self.model.scheduler_config)
+            scheduler.set_timesteps(steps, device=self.model.policy.device)
+            schedulers.append(scheduler)
+        return schedulers
+
+    def _latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        f = self.model.vae_scale_factor
+        return self.model.latent_channels, height // f, width // f
+
+    def _txt2img(self, spec: noise.NoiseSpec, cond: Conditioning, uncond: Conditioning) -> torch.Tensor:
+        req = self.request
+        device = self.model.policy.device
+        x, generators = noise.initial_noise(spec, self._latent_shape(req.width, req.height),
+                                            self.model.vae_scale_factor, device)
+        schedulers = self._schedulers(len(spec.seeds), req.steps)
+        state = self._state(x * schedulers[0].init_noise_sigma, cond, uncond, req.width, req.height)
+        latents = denoise(self.model.unet, schedulers, schedulers[0].timesteps, state, generators, self.hooks,
+                          self.control, self._preview)
+        if req.enable_hr:
+            latents = self._hires(latents, spec, cond, uncond)
+        return latents
+
+    def _hires(self, latents: torch.Tensor, spec: noise.NoiseSpec, cond: Conditioning,
+               uncond: Conditioning) -> torch.Tensor:
+        req = self.request
+        width, height = hires_size(req)
+        f = self.model.vae_scale_factor
+        if req.hr_upscaler in LATENT_UPSCALE_MODES:
+            mode, antialias = LATENT_UPSCALE_MODES[req.hr_upscaler]
+            upscaled = F.interpolate(latents, size=(height // f, width // f), mode=mode, antialias=antialias)
+        else:
+            images = image_ops.tensor_to_pil(vae_codec.decode(self.model, latents, self.result.notes))
+            method = PIXEL_UPSCALERS[req.hr_upscaler] or Image.Resampling.LANCZOS
+            images = [im.resize((width, height), method) for im in images]
+            upscaled = vae_codec.encode(self.model, image_ops.pil_to_tensor(images))
+        steps = req.hr_second_pass_steps or req.steps
+        hires_spec = noise.NoiseSpec(spec.seeds, spec.subseeds, spec.subseed_strength)
+        return self._img2img_pass(upscaled, hires_spec, cond, uncond, steps, width, height, pass_name="hires")
+
+    def _img2img_pass(self, init_latents: torch.Tensor, spec: noise.NoiseSpec, cond: Conditioning,
+                      uncond: Conditioning, steps: int, width: int, height: int, pass_name: str = "first",
+                      setup: Optional["InpaintSetup"] = None) -> torch.Tensor:
+        device = self.model.policy.device
+        x, generators = noise.initial_noise(spec, self._latent_shape(width, height), self.model.vae_scale_factor,
+                                            device)
+        schedulers = self._schedulers(len(spec.seeds), steps)
+        run = _img2img_steps(steps, self.request.denoising_strength)
+        if run == 0:
+            return init_latents
+        begin = (steps - run) * schedulers[0].order
+        timesteps = schedulers[0].timesteps[begin:]
+        for scheduler in schedulers:
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(begin)
+        hooks = self.hooks
+        if setup is not None:
+            init_latents = setup.init(init_latents, x)
+        latents = schedulers[0].add_noise(init_latents, x, timesteps[:1].repeat(init_latents.shape[0]))
+        state = self._state(latents, cond, uncond, width, height, pass_name)
+        if setup is not None:
+            hooks = self.hooks.copy()  # the mask hook belongs to this batch only
+            setup.attach(state, x, schedulers, timesteps, hooks)
+        return denoise(self.model.unet, schedulers, timesteps, state, generators, hooks, self.control,
+                       self._preview)
+
+    def _img2img(self, spec: noise.NoiseSpec, cond: Conditioning, uncond: Conditioning, start: int,
+                 end: int) -> tuple[torch.Tensor, Optional["InpaintJob"]]:
+        from modules.inpainting import InpaintJob
+
+        req = self.request
+        sources = [req.init_images[i % len(req.init_images)] for i in range(start, end)]
+        job = InpaintJob.prepare(req, sources) if req.mask is not None else None
+        images = job.model_inputs if job else [image_ops.resize_image(req.resize_mode, image_ops.to_rgb(im),
+                                                                       req.width, req.height) for im in sources]
+        init_latents = vae_codec.encode(self.model, image_ops.pil_to_tensor(images).to(self.model.policy.device))
+        setup = job.setup_for(self.model, init_latents) if job else None
+        latents = self._img2img_pass(init_latents, spec, cond, uncond, req.steps, req.width, req.height, setup=setup)
+        return vae_codec.decode(self.model, latents, self.result.notes), job
+
+    def _state(self, latents: torch.Tensor, cond: Conditioning, uncond: Conditioning, width: int, height: int,
+               pass_name: str = "first") -> DenoiseState:
+        state = DenoiseState(latents=latents, cond=cond, uncond=uncond, cfg_scale=self.request.cfg_scale,
+                             pass_name=pass_name)
+        if self.model.family.is_sdxl:
+            # A1111 passes the generation size as both original and target size, with no crop.
+            ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32,
+                               device=self.model.policy.device)
+            state.added_cond = lambda batch: {"time_ids": ids.repeat(batch, 1)}
+        return state
+
+    def _preview(self, latents: torch.Tensor) -> Image.Image:
+        return cheap_preview(latents[0], sdxl=self.model.family.is_sdxl)
+
+
+def _img2img_steps(steps: int, strength: float) -> int:
+    return min(int(steps * strength), steps)
+
+
+def generate(request: GenerationRequest, model: LoadedModel, control: Optional[GenerationControl] = None,
+             hooks: Optional[Hooks] = None,
+             on_image: Optional[Callable[[FinishedImage], None]] = None) -> GenerationResult:
+    """Run a request on a loaded model. Raises ValidationError for bad input before any work is done."""
+    return Generation(request, model, control or GenerationControl(), hooks, on_image).run()

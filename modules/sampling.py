@@ -1,0 +1,130 @@
+"""The one denoise loop, with named hook points that features and extensions attach to.
+
+Hook points, called in this order each step (each receives the DenoiseState and may change it):
+  conditioning  choose `cond`/`uncond` for this step (prompt editing, alternation)
+  before_step   change `latents` before the model sees them
+  cfg_denoiser  change the UNet inputs: `unet_kwargs` (ControlNet residuals), `model_input`
+  cfg_denoised  change `noise_pred` after classifier-free guidance is combined
+  after_step    change `latents` after the scheduler step (inpaint masking)
+The loop itself stays short: features hook in, they are not threaded through it.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from modules.progress import GenerationControl
+from modules.text_encoding import Conditioning
+
+HOOK_POINTS = ("conditioning", "before_step", "cfg_denoiser", "cfg_denoised", "after_step")
+
+
+class Hooks:
+    """Callbacks per hook point. A request's hooks are a copy, so per-job hooks never leak."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[str, list[Callable[["DenoiseState"], None]]] = defaultdict(list)
+
+    def add(self, point: str, callback: Callable[["DenoiseState"], None]) -> None:
+        if point not in HOOK_POINTS:
+            raise ValueError(f"unknown hook point '{point}'; valid: {', '.join(HOOK_POINTS)}")
+        self._callbacks[point].append(callback)
+
+    def run(self, point: str, state: "DenoiseState") -> None:
+        for callback in self._callbacks.get(point, ()):
+            callback(state)
+
+    def copy(self) -> "Hooks":
+        clone = Hooks()
+        for point, callbacks in self._callbacks.items():
+            clone._callbacks[point] = list(callbacks)
+        return clone
+
+
+@dataclass
+class DenoiseState:
+    """What the loop knows at one step; hooks read and replace its fields."""
+
+    latents: torch.Tensor
+    cond: Conditioning
+    uncond: Conditioning
+    cfg_scale: float
+    step: int = 0  # index within this pass
+    total_steps: int = 0  # steps in this pass
+    timestep: Any = None
+    pass_name: str = "first"  # "first" or "hires"
+    model_input: Optional[torch.Tensor] = None
+    unet_kwargs: dict = field(default_factory=dict)
+    noise_pred: Optional[torch.Tensor] = None
+    image_conditioning: Optional[torch.Tensor] = None  # inpainting models: mask + masked-image latents
+    added_cond: Optional[Callable[[int], dict]] = None  # SDXL: batch size → added_cond_kwargs
+    extra: dict = field(default_factory=dict)  # free room for extensions
+
+
+def denoise(unet: torch.nn.Module, schedulers: list, timesteps: torch.Tensor, state: DenoiseState,
+            generators: list[torch.Generator], hooks: Hooks, control: GenerationControl,
+            preview: Optional[Callable[[torch.Tensor], object]] = None) -> torch.Tensor:
+    """Run the scheduler over `timesteps`. One scheduler per image keeps batches equal to single runs."""
+    dtype = next(unet.parameters()).dtype
+    state.total_steps = len(timesteps)
+    for i, t in enumerate(timesteps):
+        control.check()
+        state.step, state.timestep = i, t
+        hooks.run("conditioning", state)
+        hooks.run("before_step", state)
+        scaled = torch.cat([s.scale_model_input(state.latents[j:j + 1], t) for j, s in enumerate(schedulers)])
+        if state.image_conditioning is not None:
+            scaled = torch.cat([scaled, state.image_conditioning], dim=1)
+        state.model_input, state.unet_kwargs = scaled, {}
+        hooks.run("cfg_denoiser", state)
+        state.noise_pred = _guided_prediction(unet, state, t, dtype)
+        hooks.run("cfg_denoised", state)
+        state.latents = torch.cat([
+            scheduler.step(state.noise_pred[j:j + 1], t, state.latents[j:j + 1], generator=generators[j],
+                           return_dict=False)[0]
+            for j, scheduler in enumerate(schedulers)
+        ])
+        hooks.run("after_step", state)
+        latents = state.latents
+        control.report_step(preview=(lambda: preview(latents)) if preview else None)
+    return state.latents
+
+
+def _guided_prediction(unet: torch.nn.Module, state: DenoiseState, t: Any, dtype: torch.dtype) -> torch.Tensor:
+    x = state.model_input
+    batch = x.shape[0]
+    if state.cfg_scale == 1.0:  # guidance is a no-op: skip the unconditional half
+        return _unet(unet, x, t, state.cond, state, dtype)
+    if state.cond.context.shape[1] == state.uncond.context.shape[1]:
+        both = Conditioning(torch.cat([state.uncond.context, state.cond.context]),
+                            None if state.cond.pooled is None else torch.cat([state.uncond.pooled, state.cond.pooled]))
+        out = _unet(unet, torch.cat([x, x]), t, both, state, dtype, doubled=True)
+        uncond_pred, cond_pred = out[:batch], out[batch:]
+    else:  # prompts of different chunk counts run separately, as in A1111
+        uncond_pred = _unet(unet, x, t, state.uncond, state, dtype)
+        cond_pred = _unet(unet, x, t, state.cond, state, dtype)
+    return uncond_pred + state.cfg_scale * (cond_pred - uncond_pred)
+
+
+def _unet(unet: torch.nn.Module, x: torch.Tensor, t: Any, cond: Conditioning, state: DenoiseState,
+          dtype: torch.dtype, doubled: bool = False) -> torch.Tensor:
+    kwargs = dict(state.unet_kwargs)
+    if doubled:  # extension-provided tensors are per image; the CFG batch holds each image twice
+        kwargs = {k: _double(v) for k, v in kwargs.items()}
+    if state.added_cond is not None:
+        added = state.added_cond(x.shape[0])
+        added["text_embeds"] = cond.pooled.to(dtype)
+        kwargs["added_cond_kwargs"] = added
+    out = unet(x.to(dtype), t, encoder_hidden_states=cond.context.to(dtype), return_dict=False, **kwargs)[0]
+    return out.float()
+
+
+def _double(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value])
+    if isinstance(value, (list, tuple)):
+        return type(value)(_double(v) for v in value)
+    return value
