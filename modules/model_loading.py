@@ -111,7 +111,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own error types for corrupt data
             raise CheckpointError(f"{path.name}: cannot read safetensors file ({e})") from None
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            data = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy non-zip pickle
     except pickle.UnpicklingError as e:
         reason = str(e).split("\n")[0][:300]
         raise UnsafeFileError(f"{path.name}: refused to load: the pickle needs more than plain tensors "

@@ -10,6 +10,7 @@ The loop itself stays short: features hook in, they are not threaded through it.
 """
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -70,6 +71,7 @@ def denoise(unet: torch.nn.Module, schedulers: list, timesteps: torch.Tensor, st
     """Run the scheduler over `timesteps`. One scheduler per image keeps batches equal to single runs."""
     dtype = next(unet.parameters()).dtype
     state.total_steps = len(timesteps)
+    step_kwargs = [_noise_source(s, g) for s, g in zip(schedulers, generators)]
     for i, t in enumerate(timesteps):
         control.check()
         state.step, state.timestep = i, t
@@ -83,14 +85,23 @@ def denoise(unet: torch.nn.Module, schedulers: list, timesteps: torch.Tensor, st
         state.noise_pred = _guided_prediction(unet, state, t, dtype)
         hooks.run("cfg_denoised", state)
         state.latents = torch.cat([
-            scheduler.step(state.noise_pred[j:j + 1], t, state.latents[j:j + 1], generator=generators[j],
-                           return_dict=False)[0]
+            scheduler.step(state.noise_pred[j:j + 1], t, state.latents[j:j + 1], return_dict=False,
+                           **step_kwargs[j])[0]
             for j, scheduler in enumerate(schedulers)
         ])
         hooks.run("after_step", state)
         latents = state.latents
         control.report_step(preview=(lambda: preview(latents)) if preview else None)
     return state.latents
+
+
+def _noise_source(scheduler, generator: torch.Generator) -> dict:
+    """Feed a scheduler's own noise from the image's generator; Brownian-tree SDE schedulers take a seed."""
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        return {"generator": generator}
+    if hasattr(scheduler, "noise_sampler_seed"):
+        scheduler.noise_sampler_seed = generator.initial_seed()
+    return {}
 
 
 def _guided_prediction(unet: torch.nn.Module, state: DenoiseState, t: Any, dtype: torch.dtype) -> torch.Tensor:

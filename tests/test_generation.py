@@ -96,10 +96,11 @@ def test_clip_skip_changes_the_image(sd1_model):
 
 
 def test_img2img_strength_follows_the_init_image(sd1_model):
+    # A random-weight VAE can't reproduce the image, so compare with its own round trip (strength 0).
     init = Image.new("RGB", (64, 64), (200, 30, 30))
+    target = pixels(generate(request(init_images=[init], denoising_strength=0.0, steps=10), sd1_model).images[0])
     low = generate(request(init_images=[init], denoising_strength=0.2, steps=10), sd1_model).images[0]
     high = generate(request(init_images=[init], denoising_strength=0.9, steps=10), sd1_model).images[0]
-    target = pixels(init)
     assert np.abs(pixels(low) - target).mean() < np.abs(pixels(high) - target).mean()
 
 

@@ -177,6 +177,9 @@ def test_old_first_pass_size_becomes_hires_resize():
     text = "p\nSteps: 20, Sampler: Euler a, CFG scale: 7, Size: 1024x1024, Denoising strength: 0.7, First pass size: 0x0"
     req = request_from_infotext(text)
     assert (req.width, req.height, req.hr_resize_x, req.hr_resize_y, req.enable_hr) == (512, 512, 1024, 1024, True)
+    kept = request_from_infotext(text.replace("0x0", "640x448"))
+    assert (kept.width, kept.height, kept.hr_resize_x, kept.hr_resize_y) == (640, 448, 1024, 1024)
+    request_from_infotext("p\nSteps: 2, Size: 0x0, First pass size: 0x0")  # nonsense, but no crash
 
 
 def test_request_from_infotext_keeps_the_base_for_the_rest():

@@ -1,0 +1,198 @@
+"""Core benchmark: our txt2img against a plain diffusers StableDiffusionPipeline, side by side in one run.
+
+    .venv/bin/python bench/core.py            # full-size SD1.5-architecture random weights, 256², 8 steps
+    .venv/bin/python bench/core.py --smoke    # tiny model, 1 step: only checks that the bench still runs
+
+Prints ratios (never absolute targets) and writes bench/results/core.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from modules.devices import DevicePolicy, choose_policy, configure_backend  # noqa: E402
+from modules.model_loading import load_checkpoint  # noqa: E402
+from modules.processing import generate  # noqa: E402
+from modules.request import GenerationRequest  # noqa: E402
+
+CACHE = ROOT / "bench" / "results"
+PROMPT = "a watercolor painting of a lighthouse at dawn, soft light"
+NEGATIVE = "blurry, low quality"
+
+
+class PeakRSS:
+    """Samples RSS in a thread: ru_maxrss only ever grows, so it can't give a per-phase peak."""
+
+    def __enter__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        process = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, process.memory_info().rss)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def full_size_checkpoint() -> Path:
+    """A 2 GB fp16 SD1.5-architecture checkpoint with random weights, in the original key layout."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tests.tiny_models import export_ldm_state_dict
+
+    path = CACHE / "sd15-random-fp16.safetensors"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    configs = ROOT / "configs" / "sd1"
+    torch.manual_seed(0)
+    components = {
+        "unet": UNet2DConditionModel.from_config(json.loads((configs / "unet" / "config.json").read_text())),
+        "vae": AutoencoderKL.from_config(json.loads((configs / "vae" / "config.json").read_text())),
+        "text_encoder": CLIPTextModel(CLIPTextConfig(**{k: v for k, v in json.loads(
+            (configs / "text_encoder" / "config.json").read_text()).items() if not k.startswith("_")})),
+    }
+    state = {k: v.to(torch.float16).contiguous() for k, v in export_ldm_state_dict(components, "sd1").items()}
+    from safetensors.torch import save_file
+
+    save_file(state, str(path))
+    return path
+
+
+def tiny_checkpoint() -> Path:
+    from tests.tiny_models import save_tiny_checkpoint
+
+    path = CACHE / "tiny-sd1.safetensors"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        save_tiny_checkpoint(path, "sd1")
+    return path
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def diffusers_pipeline(path: Path):
+    """Plain diffusers on the same weights: fp32, its default attention, its own __call__."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    fp32 = DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, False)
+    m = load_checkpoint(path, fp32)
+    scheduler = EulerDiscreteScheduler.from_config({k: v for k, v in m.scheduler_config.items() if k != "_class_name"})
+    pipe = StableDiffusionPipeline(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizer, unet=m.unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def bare_loop(model, steps: int, size: int) -> None:
+    """The least code that makes the same image: encode, loop UNet + scheduler, decode. No hooks, no features."""
+    from diffusers import EulerDiscreteScheduler
+
+    tok = model.tokenizer
+    encoder = model.text_encoders[0]
+    with torch.no_grad():
+        ids = [tok(t, padding="max_length", max_length=77, return_tensors="pt").input_ids for t in (NEGATIVE, PROMPT)]
+        context = torch.cat([encoder(i).last_hidden_state for i in ids])
+        scheduler = EulerDiscreteScheduler.from_config({k: v for k, v in model.scheduler_config.items() if k != "_class_name"})
+        scheduler.set_timesteps(steps)
+        f = model.vae_scale_factor
+        x = torch.randn((1, 4, size // f, size // f), generator=torch.Generator().manual_seed(1)) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            inp = scheduler.scale_model_input(torch.cat([x, x]), t)
+            out = model.unet(inp, t, encoder_hidden_states=context).sample
+            uncond, cond = out.chunk(2)
+            x = scheduler.step(uncond + 7.0 * (cond - uncond), t, x).prev_sample
+        model.vae.decode(x / model.vae.config.scaling_factor).sample
+
+
+def ours(model, steps: int, size: int):
+    request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=1, steps=steps, width=size,
+                                height=size, sampler_name="Euler", cfg_scale=7.0)
+    return generate(request, model)
+
+
+def run(smoke: bool) -> dict:
+    results: dict = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "smoke": smoke}
+    policy = choose_policy()
+    configure_backend(policy)
+    results["policy"] = policy.name
+
+    # Tiny-model loop overhead: our generate() against the bare loop over the same components.
+    tiny = load_checkpoint(tiny_checkpoint(), DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, False))
+    steps = 1 if smoke else 20
+    ours(tiny, steps, 64), bare_loop(tiny, steps, 64)  # warm up
+    t_ours = timed(lambda: ours(tiny, steps, 64), repeat=1 if smoke else 5)
+    t_bare = timed(lambda: bare_loop(tiny, steps, 64), repeat=1 if smoke else 5)
+    results["tiny_overhead"] = t_ours / t_bare - 1
+    print(f"tiny model, {steps} steps: ours {t_ours:.3f}s, bare loop {t_bare:.3f}s -> overhead {results['tiny_overhead']:+.1%}")
+    if smoke:
+        return results
+
+    path = full_size_checkpoint()
+    size, steps = 256, 8
+    load_cold = timed(lambda: load_checkpoint(path, policy))
+    with PeakRSS() as load_peak:
+        start = time.perf_counter()
+        model = load_checkpoint(path, policy)
+        load_warm = time.perf_counter() - start
+    results.update(load_s=load_warm, load_first_s=load_cold, checkpoint_gb=path.stat().st_size / 1e9)
+    print(f"load {path.stat().st_size / 1e9:.1f} GB checkpoint: first {load_cold:.2f}s, again {load_warm:.2f}s")
+
+    ours(model, 1, size)  # warm up kernels
+    with PeakRSS() as gen_peak:
+        t_ours = timed(lambda: ours(model, steps, size))
+    del model
+    pipe = diffusers_pipeline(path)
+    run_pipe = lambda: pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, height=size, width=size,  # noqa: E731
+                            guidance_scale=7.0, generator=torch.Generator().manual_seed(1))
+    pipe(PROMPT, num_inference_steps=1, height=size, width=size)  # warm up
+    with PeakRSS() as diff_peak:
+        t_diff = timed(run_pipe)
+    results.update(size=size, steps=steps, ours_s=t_ours, diffusers_fp32_s=t_diff, speedup=t_diff / t_ours,
+                   ours_peak_rss_gb=gen_peak.peak / 1e9, diffusers_peak_rss_gb=diff_peak.peak / 1e9,
+                   load_peak_rss_gb=load_peak.peak / 1e9, max_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+    print(f"txt2img {size}x{size}, {steps} steps: ours ({policy.name}) {t_ours:.1f}s "
+          f"({t_ours / steps:.2f}s/step incl. encode+decode), diffusers fp32 {t_diff:.1f}s -> {t_diff / t_ours:.2f}x faster")
+    print(f"peak RSS during generation: ours {gen_peak.peak / 1e9:.2f} GB, diffusers {diff_peak.peak / 1e9:.2f} GB")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="tiny model, one step: proves the bench runs")
+    args = parser.parse_args()
+    results = run(args.smoke)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / ("core-smoke.json" if args.smoke else "core.json")).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
