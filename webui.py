@@ -60,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.exit:
         engine.shutdown()
         return 0
-    log.info("the web UI and HTTP API are not built yet; the generation core is ready for scripts and tests")
-    engine.shutdown()
+    from modules.server import serve
+
+    try:
+        serve(engine, args)
+    finally:
+        engine.shutdown()
     return 0
 
 

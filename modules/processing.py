@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modules import image_ops, noise, samplers, vae_codec
+from modules import image_ops, noise, samplers, upscaling, vae_codec
 from modules.latent_preview import cheap_preview
 from modules.model_loading import LoadedModel
 from modules.progress import GenerationControl, Interrupted, Skipped
@@ -34,7 +34,6 @@ LATENT_UPSCALE_MODES = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-PIXEL_UPSCALERS = {"None": None, "Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 
 
 @dataclass
@@ -84,12 +83,8 @@ class Generation:
         self.hooks = hooks or Hooks()
         self.on_image = on_image
         self.sampler, self.schedule = samplers.resolve_sampler(request.sampler_name, request.scheduler)
-        if request.enable_hr and not request.is_img2img:
-            if request.hr_upscaler not in LATENT_UPSCALE_MODES and request.hr_upscaler not in PIXEL_UPSCALERS:
-                from modules.errors import ValidationError
-
-                valid = ", ".join([*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS])
-                raise ValidationError("hr_upscaler", f"unknown upscaler '{request.hr_upscaler}'; valid: {valid}")
+        if request.enable_hr and not request.is_img2img and request.hr_upscaler not in LATENT_UPSCALE_MODES:
+            upscaling.get(request.hr_upscaler, "hr_upscaler")  # raises for an unknown name
         self.encoder = PromptEncoder(model)
         self._cond_cache: dict[str, Conditioning] = {}
         self.result = GenerationResult()
@@ -192,8 +187,10 @@ class Generation:
             upscaled = F.interpolate(latents, size=(height // f, width // f), mode=mode, antialias=antialias)
         else:
             images = image_ops.tensor_to_pil(vae_codec.decode(self.model, latents, self.result.notes))
-            method = PIXEL_UPSCALERS[req.hr_upscaler] or Image.Resampling.LANCZOS
-            images = [im.resize((width, height), method) for im in images]
+            upscaler = upscaling.get(req.hr_upscaler, "hr_upscaler")
+            if upscaler.name == "None":  # hires still needs the new size
+                upscaler = upscaling.get("Lanczos")
+            images = [upscaler.run(im, width, height) for im in images]
             upscaled = vae_codec.encode(self.model, image_ops.pil_to_tensor(images))
         steps = req.hr_second_pass_steps or req.steps
         hires_spec = noise.NoiseSpec(spec.seeds, spec.subseeds, spec.subseed_strength)
@@ -207,8 +204,6 @@ class Generation:
                                             device)
         schedulers = self._schedulers(len(spec.seeds), steps)
         run = _img2img_steps(steps, self.request.denoising_strength)
-        if run == 0:
-            return init_latents
         begin = (steps - run) * schedulers[0].order
         timesteps = schedulers[0].timesteps[begin:]
         for scheduler in schedulers:
@@ -255,7 +250,8 @@ class Generation:
 
 
 def _img2img_steps(steps: int, strength: float) -> int:
-    return min(int(steps * strength), steps)
+    """A1111 (k-diffusion): t_enc = int(min(strength, 0.999) * steps), then t_enc + 1 steps from the end."""
+    return min(int(min(strength, 0.999) * steps) + 1, steps)
 
 
 def generate(request: GenerationRequest, model: LoadedModel, control: Optional[GenerationControl] = None,

@@ -148,12 +148,11 @@ class PLMSA1111(PNDMScheduler):
         return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
 
 
-# A1111's schedule types that diffusers can follow: (A1111 internal name, label, aliases, default_rho,
-# need_inner_model, diffusers overrides). Karras/Exponential/Beta keep 'linspace' spacing because diffusers takes
-# their sigma_min/sigma_max from the grid's ends, which linspace puts at t = 0 and t = 999 (A1111 uses the model's full
-# range). 'linspace' in the Euler family is A1111's Uniform exactly: sigmas at t = linspace(999, 0, n), then 0.
-# Left out (diffusers has no equivalent): Polyexponential, KL Optimal, Align Your Steps, DDIM (A1111 takes
-# 1000 // n-spaced steps, which is more than n steps when n doesn't divide 1000).
+# A1111's schedule types that diffusers can follow: (A1111 name, label, aliases, default_rho, need_inner_model,
+# diffusers overrides). 'linspace' in the k-diffusion-style classes is A1111's Uniform exactly: sigmas at
+# t = linspace(999, 0, n), then 0. Karras/Exponential/Beta keep it because diffusers takes their sigma range from the
+# grid's ends, which linspace puts at t = 999 and t = 0, the model's full range as in A1111. Left out, as diffusers has
+# no equivalent: Polyexponential, KL Optimal, Align Your Steps, DDIM (more than n steps when n doesn't divide 1000).
 _SCHEDULES = [
     ("automatic", "Automatic", None, -1, False, {}),
     ("uniform", "Uniform", None, -1, True, {"timestep_spacing": "linspace"}),
@@ -185,8 +184,8 @@ class SamplerSpec:
 
 
 _ALL = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "Normal", "Beta")
-# DPM2 / DPM2 a drop A1111's penultimate sigma only through the Karras/Exponential/Beta hooks; their other grids
-# can't be cut in diffusers' KDPM2 classes, so those schedule types are refused rather than run differently.
+# DPM2, DPM2 a and DPM++ 3M SDE drop their penultimate sigma through the Karras/Exponential/Beta hooks (and 3M's own
+# Uniform grid); the other grids can't be cut in diffusers, so those schedule types are refused, not run differently.
 _DISCARD = ("Automatic", "Karras", "Exponential", "Beta")
 # k-diffusion's 2M/3M take a first-order last step because the last sigma is 0, and no other lower-order steps.
 _DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "midpoint", "lower_order_final": False,
@@ -196,7 +195,7 @@ _TIMESTEPS = ("Automatic",)
 SAMPLERS: list[SamplerSpec] = [
     SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), DPMSolverMultistepA1111, _DPMPP, "Karras", _ALL),
     SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), DPMSolverSDEScheduler, {}, "Karras", _ALL),
-    # A1111 draws SDE noise from a Brownian tree; diffusers from the step's generator: same law, other numbers.
+    # A1111 draws 2M/3M SDE noise from a Brownian tree, diffusers from the step's generator: same law, other numbers.
     SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), DPMSolverMultistepA1111,
                 {**_DPMPP, "algorithm_type": "sde-dpmsolver++"}, "Exponential", _ALL),
     SamplerSpec("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), DPMSolverMultistepA1111,
@@ -204,7 +203,7 @@ SAMPLERS: list[SamplerSpec] = [
     SamplerSpec("DPM++ 2S a", ("k_dpmpp_2s_a",), DPMSolver2SAncestralA1111, {}, "Karras", _ALL),
     SamplerSpec("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), DPMSolver3MA1111,
                 {**_DPMPP, "algorithm_type": "sde-dpmsolver++", "solver_order": 3}, "Exponential",
-                ("Automatic", "Uniform", "Karras", "Exponential", "Normal", "Beta")),
+                (*_DISCARD, "Uniform", "Normal")),
     SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), EulerAncestralA1111, {}, "Uniform", _ALL),
     SamplerSpec("Euler", ("k_euler",), EulerDiscreteScheduler, {}, "Uniform", _ALL),
     SamplerSpec("LMS", ("k_lms",), LMSDiscreteScheduler, {}, "Uniform", _ALL),
@@ -255,7 +254,8 @@ def _schedule_label(schedule: str | None) -> str:
     for name, label, aliases, *_ in _SCHEDULES:
         if key in (name, label.lower(), *(a.lower() for a in aliases or ())):
             return label
-    raise ValidationError("scheduler", f"unknown schedule type {schedule!r}; valid: {', '.join(SCHEDULE_TYPES)}")
+    raise ValidationError("scheduler", f"unknown or unsupported schedule type {schedule!r}; "
+                                       f"valid: {', '.join(SCHEDULE_TYPES)}")
 
 
 def resolve_sampler(name: str, schedule: str = "Automatic") -> tuple[SamplerSpec, str]:

@@ -1,0 +1,40 @@
+"""One HTTP server for the UI and the API: FastAPI app, Gradio mounted at /, served by uvicorn."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fastapi import FastAPI
+
+from modules.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def create_app(engine: Engine, args: argparse.Namespace) -> FastAPI:
+    app = FastAPI(title="Atelier", docs_url="/docs", redoc_url=None)
+    if args.api or args.nowebui:
+        from modules.api import mount_api
+
+        mount_api(app, engine, args)
+    if not args.nowebui:
+        import gradio as gr
+
+        from modules.ui import build_ui
+
+        app = gr.mount_gradio_app(app, build_ui(engine, args), path="/")
+    return app
+
+
+def host_and_port(args: argparse.Namespace) -> tuple[str, int]:
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    return host, args.port or (7861 if args.nowebui else 7860)
+
+
+def serve(engine: Engine, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    host, port = host_and_port(args)
+    app = create_app(engine, args)
+    log.info("serving on http://%s:%d", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
