@@ -97,18 +97,61 @@ def validate_safetensors_header(path: Path) -> dict:
     return header
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file, or from a pickle loaded with weights_only=True (anything else refused)."""
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+SKIPPED_PREFIXES = ("model_ema.",)  # EMA copies are never used for inference; don't even read them
+
+
+def read_safetensors(path: Path, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """Read each tensor into its own buffer and cast it to `dtype` there.
+
+    safetensors' own loader maps the file lazily and a dtype change then allocates a second full copy;
+    reading tensor by tensor and converting fp16↔bf16 in place halves the memory traffic, and skipping
+    EMA keys never reads them at all.
+    """
+    header = validate_safetensors_header(path)
+    base = 8 + struct.unpack("<Q", path.open("rb").read(8))[0]
+    tensors: dict[str, torch.Tensor] = {}
+    with open(path, "rb", buffering=0) as f:
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0] if kv[0] != "__metadata__" else -1):
+            if name == "__metadata__" or name.startswith(SKIPPED_PREFIXES):
+                continue
+            stored = SAFETENSORS_DTYPES.get(info["dtype"])
+            if stored is None:
+                raise CheckpointError(f"{path.name}: tensor '{name}' has unsupported dtype {info['dtype']}")
+            start, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=stored)
+            raw = tensor.reshape(-1).view(torch.uint8).numpy()
+            f.seek(base + start)
+            if f.readinto(memoryview(raw)) != end - start:
+                raise CheckpointError(f"{path.name}: tensor '{name}' is cut short (truncated file)")
+            tensors[name] = _cast(tensor, dtype)
+    return tensors
+
+
+def _cast(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    if dtype is None or tensor.dtype == dtype or not tensor.is_floating_point():
+        return tensor
+    if tensor.element_size() == dtype.itemsize:  # fp16 <-> bf16: same size, convert where it lies
+        converted = tensor.view(dtype)
+        converted.copy_(tensor)
+        return converted
+    return tensor.to(dtype)
+
+
+def read_state_dict(path: Path, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file, or from a pickle loaded with weights_only=True (anything else refused).
+
+    Floating-point tensors are cast to `dtype` when given.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix.lower() == ".safetensors":
-        validate_safetensors_header(path)
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types for corrupt data
+            return read_safetensors(path, dtype)
+        except OSError as e:
             raise CheckpointError(f"{path.name}: cannot read safetensors file ({e})") from None
     try:
         try:
@@ -127,7 +170,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise CheckpointError(f"{path.name}: the file holds no state dict")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    # Out of place: tensors in a pickle may share one storage, so converting one in place would change another.
+    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in data.items()
+            if isinstance(v, torch.Tensor) and not k.startswith(SKIPPED_PREFIXES)}
 
 
 @lru_cache(maxsize=1)
@@ -210,7 +255,7 @@ def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
 
 def load_checkpoint(path: Path, policy: DevicePolicy) -> LoadedModel:
     path = Path(path)
-    sd = read_state_dict(path)
+    sd = read_state_dict(path, policy.dtype)
     configs = sibling_config(path, sd)
     family = detect_model_family(set(sd), {k: tuple(v.shape) for k, v in sd.items() if k.endswith("input_blocks.0.0.weight")})
     if "family" in configs:

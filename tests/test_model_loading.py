@@ -178,3 +178,14 @@ def test_vae_swap_changes_pixels_and_none_restores_them(tiny_dir, policy, tmp_pa
     with pytest.raises(ValidationError) as err:
         manager.get("tiny-sd1", "no-such-vae")
     assert err.value.field == "sd_vae"
+
+
+def test_reading_casts_in_place_and_skips_ema_keys(tmp_path):
+    weights = {"a": torch.randn(3, 5, dtype=torch.float16), "b": torch.arange(4), "model_ema.a": torch.ones(2)}
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    read = read_state_dict(tmp_path / "w.safetensors", torch.bfloat16)
+    assert set(read) == {"a", "b"}
+    assert read["a"].dtype == torch.bfloat16 and torch.equal(read["a"], weights["a"].to(torch.bfloat16))
+    assert read["b"].dtype == torch.int64 and torch.equal(read["b"], weights["b"])  # integers are left alone
+    as_fp32 = read_state_dict(tmp_path / "w.safetensors", torch.float32)
+    assert torch.equal(as_fp32["a"], weights["a"].float())
