@@ -189,3 +189,18 @@ def test_reading_casts_in_place_and_skips_ema_keys(tmp_path):
     assert read["b"].dtype == torch.int64 and torch.equal(read["b"], weights["b"])  # integers are left alone
     as_fp32 = read_state_dict(tmp_path / "w.safetensors", torch.float32)
     assert torch.equal(as_fp32["a"], weights["a"].float())
+
+
+def test_ten_switches_keep_at_most_the_cache_alive(tiny_dir, policy, tmp_path):
+    import gc
+    import weakref
+
+    manager = _manager(tiny_dir, policy, tmp_path)
+    manager.settings.values["sd_checkpoint_cache"] = 1
+    alive = []
+    for i in range(10):
+        model, _ = manager.get(["tiny-sd1", "tiny-sd2v", "tiny-sdxl"][i % 3])
+        alive.append(weakref.ref(model))
+        del model
+    gc.collect()
+    assert sum(ref() is not None for ref in alive) <= 2  # the current model plus one cached
