@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from modules import image_saving, infotext
+from modules import image_saving, infotext, samplers
 from modules.devices import DevicePolicy, configure_backend
 from modules.jobs import Job, JobQueue
 from modules.model_manager import ModelManager
@@ -91,8 +91,9 @@ class Engine:
         vae_file = getattr(model, "vae_file", None) if model else None
         opt = lambda name: self.option(request, name)  # noqa: E731
         extra = infotext.generation_extras(request)
+        sampler, schedule = samplers.infotext_names(request.sampler_name, request.scheduler)
         return infotext.create_infotext(
-            request, prompt=image.prompt, negative_prompt=image.negative_prompt, seed=image.seed,
+            request.copy(sampler_name=sampler, scheduler=schedule), prompt=image.prompt, negative_prompt=image.negative_prompt, seed=image.seed,
             subseed=image.subseed,
             model_name=model_file.model_name if model_file and opt("add_model_name_to_info") else None,
             model_hash=model_file.shorthash if model_file and opt("add_model_hash_to_info") else None,

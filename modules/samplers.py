@@ -296,3 +296,14 @@ def scheduler_list_for_api() -> list[dict]:
     """/sdapi/v1/schedulers: [{name, label, aliases, default_rho, need_inner_model}] in A1111's order."""
     return [{"name": name, "label": label, "aliases": aliases, "default_rho": rho, "need_inner_model": inner}
             for name, label, aliases, rho, inner, _ in _SCHEDULES]
+
+
+def infotext_names(name: str, schedule: str = "Automatic") -> tuple[str, str]:
+    """(Sampler, Schedule type) as A1111 writes them: legacy combined names split, and "Automatic" shown as the
+    sampler's own default when it has one (DPM++ 2M → Karras) but kept for the rest (Euler a → Automatic)."""
+    spec, label = resolve_sampler(name, schedule)
+    suffixed = (name or "").strip().lower() not in _BY_KEY  # "DPM++ 2M Karras" carried its schedule
+    explicit = _schedule_label(schedule) != "Automatic" or suffixed
+    if explicit and spec.name not in _IGNORE_SCHEDULE:
+        return spec.name, label
+    return spec.name, label if label in ("Karras", "Exponential") else "Automatic"

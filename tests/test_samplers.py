@@ -257,3 +257,18 @@ def test_api_lists_have_a1111s_shapes():
     assert schedulers[2] == {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0,
                              "need_inner_model": False}
     assert next(s for s in schedulers if s["name"] == "sgm_uniform")["aliases"] == ["SGMUniform"]
+
+
+@pytest.mark.parametrize("name, schedule, expected", [
+    ("DPM++ 2M", "Automatic", ("DPM++ 2M", "Karras")),
+    ("Euler a", "Automatic", ("Euler a", "Automatic")),
+    ("k_euler_a", "Automatic", ("Euler a", "Automatic")),
+    ("DPM++ 2M Karras", "Automatic", ("DPM++ 2M", "Karras")),
+    ("Euler", "Exponential", ("Euler", "Exponential")),
+    ("DDIM", "Karras", ("DDIM", "Automatic")),
+    ("DPM++ 2M SDE", "Automatic", ("DPM++ 2M SDE", "Exponential")),
+])
+def test_infotext_names_are_what_a1111_writes(name, schedule, expected):
+    from modules.samplers import infotext_names
+
+    assert infotext_names(name, schedule) == expected
