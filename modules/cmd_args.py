@@ -4,6 +4,15 @@ from __future__ import annotations
 import argparse
 
 
+def api_auth_list(value: str) -> str:
+    """`user:pass[,user2:pass2]`; the password may hold colons, the user may not be empty."""
+    for pair in value.split(","):
+        user, sep, password = pair.strip().partition(":")
+        if not sep or not user or not password:
+            raise argparse.ArgumentTypeError("expected user:password[,user2:password2]")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="webui.py", description="Atelier: a Stable Diffusion web UI")
     paths = p.add_argument_group("paths")
@@ -19,6 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--listen", action="store_true", help="listen on all interfaces instead of 127.0.0.1")
     server.add_argument("--api", action="store_true", help="serve the HTTP API beside the UI")
     server.add_argument("--nowebui", action="store_true", help="serve only the HTTP API")
+    server.add_argument("--api-auth", type=api_auth_list, default=None,
+                        help="HTTP Basic credentials for every API route: user:password[,user2:password2]")
+    server.add_argument("--api-log", action="store_true", help="log every API request")
+    server.add_argument("--cors-allow-origins", default=None,
+                        help="comma-separated origins allowed by CORS (no CORS headers unless given)")
+    server.add_argument("--cors-allow-origins-regex", default=None, help="regex of origins allowed by CORS")
+    server.add_argument("--enable-insecure-extension-access", action="store_true",
+                        help="allow installing extensions from the UI even with --listen")
+    extensions = p.add_argument_group("extensions")
+    extensions.add_argument("--disable-all-extensions", action="store_true",
+                            help="load no extension, built-in or installed (the disabled list is kept)")
+    extensions.add_argument("--disable-extra-extensions", action="store_true",
+                            help="load only the built-in extensions")
     compute = p.add_argument_group("compute")
     compute.add_argument("--use-cpu", nargs="*", default=[], help="'all' to run everything on the CPU")
     compute.add_argument("--precision", choices=("full", "autocast", "half"), default="autocast",

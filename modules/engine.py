@@ -14,12 +14,19 @@ from PIL import Image
 
 from modules import image_saving, infotext, samplers
 from modules.devices import DevicePolicy, configure_backend
+from modules.extension_callbacks import (ImageSaveParams, JobErrors, attach_denoise_hooks, run_before_image_saved,
+                                         run_image_saved)
 from modules.jobs import Job, JobQueue
+from modules.model_files import ModelFile
+from modules.model_loading import LoadedModel
 from modules.model_manager import ModelManager
 from modules.paths import Paths
 from modules.processing import FinishedImage, GenerationResult, generate
+from modules.prompts import PromptEnvironment
 from modules.request import GenerationRequest
 from modules.sampling import Hooks
+from modules.script_processing import ScriptedJob
+from modules.scripting import ScriptRegistry
 from modules.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ class Engine:
         self.settings = settings or Settings.load(paths.config_file)
         self.models = ModelManager(paths, policy, self.settings)
         self.hooks = Hooks()  # process-wide hooks (extensions); each job runs on a copy
+        self.scripts = ScriptRegistry()  # extensions' scripts (modules/extensions.py loads them)
         self.queue = JobQueue(self.run_job, preview_every=int(self.settings.get("show_progress_every_n_steps")))
         configure_backend(policy)
 
@@ -66,31 +74,64 @@ class Engine:
 
     def run_job(self, job: Job) -> JobOutput:
         request = job.request
-        model, checkpoint = self.models.get(request.checkpoint, self.option(request, "sd_vae"))
         output = JobOutput(GenerationResult())
         job.result = output
-        kind = "img2img" if request.is_img2img else "txt2img"
-        save = self.option(request, "samples_save") and not request.do_not_save_samples
-        fmt = self.option(request, "samples_format")
+        errors = JobErrors(output.result.notes)  # extension failures: named in the job's notes, never fatal
+        scripts = self.scripts.for_job(request, errors)
+        if scripts is not None:  # scripts' hooks around processing, as A1111 runs them
+            ScriptedJob(self, job, output, scripts, errors).run()
+        else:
+            model, checkpoint = self.load_model(request)
+            hooks = self.hooks.copy()
+            attach_denoise_hooks(hooks, errors)
 
-        def on_image(finished: FinishedImage) -> None:
-            text = self.infotext(request, finished, model_file=checkpoint)
-            output.images.append(finished.image)
-            output.infotexts.append(text)
-            if save:
-                folder = self._outdir(kind)
-                output.paths.append(image_saving.save_image(finished.image, folder, seed=finished.seed,
-                                                            infotext=text, extension=fmt))
+            def on_image(finished: FinishedImage) -> None:
+                text = self.infotext(request, finished, model_file=checkpoint)
+                self.keep_image(output, request, finished.image, text, finished.seed, errors)
 
-        output.result = generate(request, model, job.control, self.hooks.copy(), on_image)
-        self._finish_grid(request, output, kind)
+            notes = output.result.notes
+            output.result = generate(request, model, job.control, hooks, on_image, self.prompt_environment())
+            output.result.notes.extend(note for note in notes if note not in output.result.notes)
+        if output.grid is None:
+            self._finish_grid(request, output, "img2img" if request.is_img2img else "txt2img")
         return output
 
-    def infotext(self, request: GenerationRequest, image: FinishedImage, model_file=None) -> str:
+    def load_model(self, request: GenerationRequest) -> tuple[LoadedModel, ModelFile]:
+        # The request's own checkpoint, else the one chosen in settings (the UI's dropdown), else what is loaded.
+        wanted = request.checkpoint or self.settings.get("sd_model_checkpoint") or None
+        return self.models.get(wanted, self.option(request, "sd_vae"))
+
+    def prompt_environment(self) -> PromptEnvironment:
+        """Prompt settings, styles.csv and the wildcards folder, read for each job (modules/prompts.py)."""
+        return PromptEnvironment.from_settings(self.settings.get, self.paths)
+
+    def keep_image(self, output: JobOutput, request: GenerationRequest, image: Image.Image, text: str,
+                   seed: Optional[int], errors: Optional[JobErrors] = None, p: Any = None) -> None:
+        """Add a finished image to the job's output and, if saving is on, save it between the extensions'
+        on_before_image_saved (which may change the image or its infotext) and on_image_saved."""
+        output.images.append(image)
+        output.infotexts.append(text)
+        if not self.option(request, "samples_save") or request.do_not_save_samples:
+            return
+        saving = ImageSaveParams(image, p, str(self._outdir("img2img" if request.is_img2img else "txt2img")),
+                                 {"parameters": text})
+        run_before_image_saved(saving, errors)
+        info = saving.pnginfo.get("parameters")
+        extra = {k: str(v) for k, v in saving.pnginfo.items() if k != "parameters"}
+        path = image_saving.save_image(saving.image, saving.filename, seed=seed, infotext=info,
+                                       extension=self.option(request, "samples_format"), extra_pnginfo=extra or None)
+        saving.filename = str(path)
+        run_image_saved(saving, errors)
+        output.paths.append(path)
+
+    def infotext(self, request: GenerationRequest, image: FinishedImage, model_file=None,
+                 extra: Optional[dict[str, Any]] = None) -> str:
+        """The image's infotext; `extra` (a script's p.extra_generation_params) goes last, as in A1111."""
         model = self.models.current
         vae_file = getattr(model, "vae_file", None) if model else None
         opt = lambda name: self.option(request, name)  # noqa: E731
-        extra = infotext.generation_extras(request)
+        extra = {**infotext.generation_extras(request), **image.extra_params,
+                 **_script_params(extra or {}, image.index)}
         sampler, schedule = samplers.infotext_names(request.sampler_name, request.scheduler)
         return infotext.create_infotext(
             request.copy(sampler_name=sampler, scheduler=schedule), prompt=image.prompt, negative_prompt=image.negative_prompt, seed=image.seed,
@@ -117,3 +158,14 @@ class Engine:
 
     def shutdown(self) -> None:
         self.queue.shutdown(timeout=5)
+
+
+def _script_params(params: dict[str, Any], index: int) -> dict[str, Any]:
+    """A script's extra_generation_params for one image: a list gives each image its own value (A1111)."""
+    values = {}
+    for key, value in params.items():
+        if isinstance(value, list):
+            value = value[index] if 0 <= index < len(value) else None
+        if not callable(value):
+            values[key] = value
+    return values

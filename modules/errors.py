@@ -24,3 +24,8 @@ class UnsafeFileError(CheckpointError):
 
 class GenerationError(AtelierError):
     """Generation failed for a reason other than bad input (NaNs that a retry couldn't fix, for example)."""
+
+
+class PromptSyntaxError(AtelierError, ValueError):
+    """A prompt's editing or alternation syntax can't be read. Generation then reads the prompt literally
+    and warns, as A1111 does; only the parser's strict entry points raise it."""

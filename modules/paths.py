@@ -20,6 +20,10 @@ class Paths:
     hypernetwork_dir: Path
     controlnet_dir: Path
     esrgan_dir: Path
+    realesrgan_dir: Path
+    dat_dir: Path
+    swinir_dir: Path
+    hat_dir: Path
     outputs_dir: Path
 
     @classmethod
@@ -41,6 +45,10 @@ class Paths:
             hypernetwork_dir=pick(hypernetwork_dir, models / "hypernetworks"),
             controlnet_dir=models / "ControlNet",
             esrgan_dir=models / "ESRGAN",
+            realesrgan_dir=models / "RealESRGAN",
+            dat_dir=models / "DAT",
+            swinir_dir=models / "SwinIR",
+            hat_dir=models / "HAT",
             outputs_dir=pick(outputs_dir, root / "outputs"),
         )
 
@@ -56,7 +64,12 @@ class Paths:
     def hash_cache_file(self) -> Path:
         return self.data_dir / "cache.json"
 
+    @property
+    def upscaler_dirs(self) -> tuple[Path, ...]:
+        """Folders scanned for upscaler models (.pth/.pt/.safetensors), in A1111's names."""
+        return (self.esrgan_dir, self.realesrgan_dir, self.dat_dir, self.swinir_dir, self.hat_dir)
+
     def ensure(self) -> None:
         for folder in (self.ckpt_dir, self.vae_dir, self.lora_dir, self.embeddings_dir, self.hypernetwork_dir,
-                       self.controlnet_dir, self.esrgan_dir, self.outputs_dir):
+                       self.controlnet_dir, *self.upscaler_dirs, self.outputs_dir):
             folder.mkdir(parents=True, exist_ok=True)

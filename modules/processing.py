@@ -14,12 +14,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from modules import image_ops, noise, samplers, upscaling, vae_codec
+from modules.extra_networks import ExtraNetworkContext, network_key, parse_extra_networks
 from modules.latent_preview import cheap_preview
 from modules.model_loading import LoadedModel
 from modules.progress import GenerationControl, Interrupted, Skipped
+from modules.prompt_conditioning import (SCHEDULE_KEY, BatchPrompts, PromptEncoding, StepConditioning,
+                                         conditioning_cache, with_prompt_schedule)
+from modules.prompts import PromptEnvironment, prepare_prompts
 from modules.request import GenerationRequest
 from modules.sampling import DenoiseState, Hooks, denoise
-from modules.text_encoding import Conditioning, PromptEncoder, stack
+from modules.text_encoding import PromptEncoder
 
 if TYPE_CHECKING:
     from modules.inpainting import InpaintJob, InpaintSetup
@@ -44,6 +48,7 @@ class FinishedImage:
     subseed: int
     prompt: str
     negative_prompt: str
+    extra_params: dict[str, object] = field(default_factory=dict)  # for its infotext ("Emphasis", ...)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class GenerationResult:
     prompts: list[str] = field(default_factory=list)
     negative_prompts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings for the user (NaN fallback, ...)
+    extra_params: dict[str, object] = field(default_factory=dict)  # infotext additions from processing
     interrupted: bool = False
 
 
@@ -76,18 +82,21 @@ class Generation:
     """One request's run over one loaded model."""
 
     def __init__(self, request: GenerationRequest, model: LoadedModel, control: GenerationControl,
-                 hooks: Optional[Hooks] = None, on_image: Optional[Callable[[FinishedImage], None]] = None):
+                 hooks: Optional[Hooks] = None, on_image: Optional[Callable[[FinishedImage], None]] = None,
+                 prompt_env: Optional[PromptEnvironment] = None):
         self.request = request.validate()
         self.model = model
         self.control = control
-        self.hooks = hooks or Hooks()
+        self.hooks = with_prompt_schedule(hooks or Hooks())  # each step's cond/uncond is set before other hooks
         self.on_image = on_image
         self.sampler, self.schedule = samplers.resolve_sampler(request.sampler_name, request.scheduler)
         if request.enable_hr and not request.is_img2img and request.hr_upscaler not in LATENT_UPSCALE_MODES:
             upscaling.get(request.hr_upscaler, "hr_upscaler")  # raises for an unknown name
-        self.encoder = PromptEncoder(model)
-        self._cond_cache: dict[str, Conditioning] = {}
+        self.prompt_env = prompt_env or PromptEnvironment()
+        self.prompt_options = self.prompt_env.options.with_overrides(request.override_settings)
+        self.encoder = PromptEncoder(model, self.prompt_env.embeddings)
         self.result = GenerationResult()
+        self.networks = ExtraNetworkContext(model, request, self.result.notes, self.result.extra_params)
 
     # -- public -------------------------------------------------------------------------------
     def run(self) -> GenerationResult:
@@ -95,18 +104,22 @@ class Generation:
         total = req.batch_size * req.n_iter
         self.result.seeds = noise.seeds_for(req.seed, total)
         self.result.subseeds = noise.seeds_for(req.subseed, total)
-        self.result.prompts = [req.prompt] * total
-        self.result.negative_prompts = [req.negative_prompt] * total
+        self.result.prompts, self.result.negative_prompts = prepare_prompts(
+            req.prompt, req.negative_prompt, req.styles, self.result.seeds, self.prompt_env, self.prompt_options,
+            self.result.notes)
         self.control.total = self._steps_per_batch() * req.n_iter
-        for batch in range(req.n_iter):
-            start = batch * req.batch_size
-            try:
-                self._run_batch(start, start + req.batch_size)
-            except Skipped:
-                continue
-            except Interrupted:
-                self.result.interrupted = True
-                break
+        try:
+            for batch in range(req.n_iter):
+                start = batch * req.batch_size
+                try:
+                    self._run_batch(start, start + req.batch_size)
+                except Skipped:
+                    continue
+                except Interrupted:
+                    self.result.interrupted = True
+                    break
+        finally:
+            self.prompt_env.extra_networks.deactivate(self.networks)
         return self.result
 
     # -- batches ------------------------------------------------------------------------------
@@ -122,8 +135,7 @@ class Generation:
     def _run_batch(self, start: int, end: int) -> None:
         req = self.request
         seeds, subseeds = self.result.seeds[start:end], self.result.subseeds[start:end]
-        cond = self._conditioning(self.result.prompts[start:end])
-        uncond = self._conditioning(self.result.negative_prompts[start:end])
+        cond, uncond = self._conditioning(start, end)
         spec = noise.NoiseSpec(seeds, subseeds, req.subseed_strength, (req.seed_resize_from_w, req.seed_resize_from_h))
         if req.is_img2img:
             pixels, inpaint = self._img2img(spec, cond, uncond, start, end)
@@ -139,17 +151,31 @@ class Generation:
     def _deliver(self, image: Image.Image, index: int) -> None:
         self.result.images.append(image)
         finished = FinishedImage(image, index, self.result.seeds[index], self.result.subseeds[index],
-                                 self.result.prompts[index], self.result.negative_prompts[index])
+                                 self.result.prompts[index], self.result.negative_prompts[index],
+                                 dict(self.result.extra_params))
         if self.on_image is not None:
             self.on_image(finished)
 
-    def _conditioning(self, prompts: list[str]) -> Conditioning:
-        conds = []
-        for prompt in prompts:
-            if prompt not in self._cond_cache:
-                self._cond_cache[prompt] = self.encoder.encode(prompt, self.request.clip_skip)
-            conds.append(self._cond_cache[prompt])
-        return stack(conds)
+    def _conditioning(self, start: int, end: int) -> tuple[BatchPrompts, BatchPrompts]:
+        """The batch's prompts, ready to encode for each pass. Extra-network tags leave the prompts here and
+        their handlers are activated first (they may change the text encoder); as in A1111, the batch's
+        first prompt decides which networks are active."""
+        parsed = [parse_extra_networks(prompt) for prompt in self.result.prompts[start:end]]
+        prompts, networks = [text for text, _ in parsed], parsed[0][1]
+        self.prompt_env.extra_networks.activate(self.networks, networks)
+        settings = self.prompt_options.encode_settings(self.request.clip_skip)
+        encoding = PromptEncoding(self.encoder, settings, conditioning_cache(self.model), network_key(networks),
+                                  self.result.notes, self.result.extra_params)
+        return BatchPrompts(encoding, prompts), BatchPrompts(encoding, self.result.negative_prompts[start:end], True)
+
+    def _step_conditioning(self, cond: BatchPrompts, uncond: BatchPrompts, pass_name: str) -> StepConditioning:
+        """Schedules count sampler calls over the whole pass, img2img's skipped steps included (as A1111)."""
+        req = self.request
+        steps = len(self._schedulers(1, req.steps)[0].timesteps)
+        hires_steps = None
+        if pass_name == "hires":
+            hires_steps = len(self._schedulers(1, req.hr_second_pass_steps or req.steps)[0].timesteps)
+        return StepConditioning(cond.for_pass(steps, hires_steps), uncond.for_pass(steps, hires_steps))
 
     # -- passes -------------------------------------------------------------------------------
     def _schedulers(self, count: int, steps: int) -> list:
@@ -164,7 +190,7 @@ class Generation:
         f = self.model.vae_scale_factor
         return self.model.latent_channels, height // f, width // f
 
-    def _txt2img(self, spec: noise.NoiseSpec, cond: Conditioning, uncond: Conditioning) -> torch.Tensor:
+    def _txt2img(self, spec: noise.NoiseSpec, cond: BatchPrompts, uncond: BatchPrompts) -> torch.Tensor:
         req = self.request
         device = self.model.policy.device
         x, generators = noise.initial_noise(spec, self._latent_shape(req.width, req.height),
@@ -177,8 +203,8 @@ class Generation:
             latents = self._hires(latents, spec, cond, uncond)
         return latents
 
-    def _hires(self, latents: torch.Tensor, spec: noise.NoiseSpec, cond: Conditioning,
-               uncond: Conditioning) -> torch.Tensor:
+    def _hires(self, latents: torch.Tensor, spec: noise.NoiseSpec, cond: BatchPrompts,
+               uncond: BatchPrompts) -> torch.Tensor:
         req = self.request
         width, height = hires_size(req)
         f = self.model.vae_scale_factor
@@ -196,8 +222,8 @@ class Generation:
         hires_spec = noise.NoiseSpec(spec.seeds, spec.subseeds, spec.subseed_strength)
         return self._img2img_pass(upscaled, hires_spec, cond, uncond, steps, width, height, pass_name="hires")
 
-    def _img2img_pass(self, init_latents: torch.Tensor, spec: noise.NoiseSpec, cond: Conditioning,
-                      uncond: Conditioning, steps: int, width: int, height: int, pass_name: str = "first",
+    def _img2img_pass(self, init_latents: torch.Tensor, spec: noise.NoiseSpec, cond: BatchPrompts,
+                      uncond: BatchPrompts, steps: int, width: int, height: int, pass_name: str = "first",
                       setup: Optional["InpaintSetup"] = None) -> torch.Tensor:
         device = self.model.policy.device
         x, generators = noise.initial_noise(spec, self._latent_shape(width, height), self.model.vae_scale_factor,
@@ -220,7 +246,7 @@ class Generation:
         return denoise(self.model.unet, schedulers, timesteps, state, generators, hooks, self.control,
                        self._preview)
 
-    def _img2img(self, spec: noise.NoiseSpec, cond: Conditioning, uncond: Conditioning, start: int,
+    def _img2img(self, spec: noise.NoiseSpec, cond: BatchPrompts, uncond: BatchPrompts, start: int,
                  end: int) -> tuple[torch.Tensor, Optional["InpaintJob"]]:
         from modules.inpainting import InpaintJob
 
@@ -234,10 +260,13 @@ class Generation:
         latents = self._img2img_pass(init_latents, spec, cond, uncond, req.steps, req.width, req.height, setup=setup)
         return vae_codec.decode(self.model, latents, self.result.notes), job
 
-    def _state(self, latents: torch.Tensor, cond: Conditioning, uncond: Conditioning, width: int, height: int,
+    def _state(self, latents: torch.Tensor, cond: BatchPrompts, uncond: BatchPrompts, width: int, height: int,
                pass_name: str = "first") -> DenoiseState:
-        state = DenoiseState(latents=latents, cond=cond, uncond=uncond, cfg_scale=self.request.cfg_scale,
+        schedule = self._step_conditioning(cond, uncond, pass_name)
+        first_cond, first_uncond = schedule.at(0)
+        state = DenoiseState(latents=latents, cond=first_cond, uncond=first_uncond, cfg_scale=self.request.cfg_scale,
                              pass_name=pass_name)
+        state.extra[SCHEDULE_KEY] = schedule  # the `conditioning` hook switches prompts by step from here
         if self.model.family.is_sdxl:
             # A1111 passes the generation size as both original and target size, with no crop.
             ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32,
@@ -255,7 +284,16 @@ def _img2img_steps(steps: int, strength: float) -> int:
 
 
 def generate(request: GenerationRequest, model: LoadedModel, control: Optional[GenerationControl] = None,
-             hooks: Optional[Hooks] = None,
-             on_image: Optional[Callable[[FinishedImage], None]] = None) -> GenerationResult:
-    """Run a request on a loaded model. Raises ValidationError for bad input before any work is done."""
-    return Generation(request, model, control or GenerationControl(), hooks, on_image).run()
+             hooks: Optional[Hooks] = None, on_image: Optional[Callable[[FinishedImage], None]] = None,
+             prompt_env: Optional[PromptEnvironment] = None) -> GenerationResult:
+    """Run a request on a loaded model. Raises ValidationError for bad input before any work is done.
+    `prompt_env` brings prompt settings, styles, wildcards and extra networks (defaults without it)."""
+    return Generation(request, model, control or GenerationControl(), hooks, on_image, prompt_env).run()
+
+
+def __getattr__(name: str):  # A1111's names for extensions (StableDiffusionProcessing, process_images, ...)
+    if not name.startswith("__"):
+        from modules.compat import processing as a1111
+        if name in a1111.__all__:
+            return getattr(a1111, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -115,6 +115,8 @@ class GenerationRequest:
         _check_int(self, "inpaint_full_res_padding", 0, 1024)
         _check_int(self, "inpainting_mask_invert", 0, 1)
         _check_int(self, "clip_skip", 1, 12, field="override_settings.CLIP_stop_at_last_layers")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):  # noise is drawn at this size
+            _check_int(self, name, -1, MAX_SIDE)
         if self.enable_hr:
             _check_number(self, "hr_scale", 1.0, 8.0)
             _check_int(self, "hr_second_pass_steps", 0, MAX_STEPS)

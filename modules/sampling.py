@@ -107,24 +107,38 @@ def _noise_source(scheduler, generator: torch.Generator) -> dict:
 def _guided_prediction(unet: torch.nn.Module, state: DenoiseState, t: Any, dtype: torch.dtype) -> torch.Tensor:
     x = state.model_input
     batch = x.shape[0]
-    if state.cfg_scale == 1.0:  # guidance is a no-op: skip the unconditional half
-        return _unet(unet, x, t, state.cond, state, dtype)
-    if state.cond.context.shape[1] == state.uncond.context.shape[1]:
-        both = Conditioning(torch.cat([state.uncond.context, state.cond.context]),
-                            None if state.cond.pooled is None else torch.cat([state.uncond.pooled, state.cond.pooled]))
-        out = _unet(unet, torch.cat([x, x]), t, both, state, dtype, doubled=True)
+    cond, uncond = state.cond, state.uncond
+    if cond.parts is None:  # one cond row per image
+        if state.cfg_scale == 1.0:  # guidance is a no-op: skip the unconditional half
+            return _unet(unet, x, t, cond, state, dtype)
+        rows = None
+    else:  # composable prompts (AND): each image has several cond rows, each with a weight
+        rows = torch.tensor([image for image, parts in enumerate(cond.parts) for _ in parts], device=x.device)
+    x_cond = x if rows is None else x[rows]
+    if cond.context.shape[1] == uncond.context.shape[1]:
+        both = Conditioning(torch.cat([uncond.context, cond.context]),
+                            None if cond.pooled is None else torch.cat([uncond.pooled, cond.pooled]))
+        own = torch.arange(batch, device=x.device)
+        out = _unet(unet, torch.cat([x, x_cond]), t, both, state, dtype,
+                    rows=torch.cat([own, own if rows is None else rows]))
         uncond_pred, cond_pred = out[:batch], out[batch:]
     else:  # prompts of different chunk counts run separately, as in A1111
-        uncond_pred = _unet(unet, x, t, state.uncond, state, dtype)
-        cond_pred = _unet(unet, x, t, state.cond, state, dtype)
-    return uncond_pred + state.cfg_scale * (cond_pred - uncond_pred)
+        uncond_pred = _unet(unet, x, t, uncond, state, dtype)
+        cond_pred = _unet(unet, x_cond, t, cond, state, dtype, rows=rows)
+    if rows is None:
+        return uncond_pred + state.cfg_scale * (cond_pred - uncond_pred)
+    # A1111's combine_denoised: uncond + Σ weight·cfg·(cond_k − uncond), over each image's parts.
+    weights = torch.tensor([w for parts in cond.parts for _, w in parts], device=x.device, dtype=cond_pred.dtype)
+    deltas = (cond_pred - uncond_pred[rows]) * weights.reshape(-1, *[1] * (cond_pred.dim() - 1))
+    return uncond_pred + state.cfg_scale * torch.zeros_like(uncond_pred).index_add_(0, rows, deltas)
 
 
 def _unet(unet: torch.nn.Module, x: torch.Tensor, t: Any, cond: Conditioning, state: DenoiseState,
-          dtype: torch.dtype, doubled: bool = False) -> torch.Tensor:
+          dtype: torch.dtype, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One UNet call. `rows[i]` is the image that row i of `x` belongs to, when x isn't one row per image."""
     kwargs = dict(state.unet_kwargs)
-    if doubled:  # extension-provided tensors are per image; the CFG batch holds each image twice
-        kwargs = {k: _double(v) for k, v in kwargs.items()}
+    if rows is not None:  # extension-provided tensors are per image: give each row its image's
+        kwargs = {k: _take_rows(v, rows) for k, v in kwargs.items()}
     if state.added_cond is not None:
         added = state.added_cond(x.shape[0])
         added["text_embeds"] = cond.pooled.to(dtype)
@@ -133,9 +147,9 @@ def _unet(unet: torch.nn.Module, x: torch.Tensor, t: Any, cond: Conditioning, st
     return out.float()
 
 
-def _double(value: Any) -> Any:
+def _take_rows(value: Any, rows: torch.Tensor) -> Any:
     if isinstance(value, torch.Tensor):
-        return torch.cat([value, value])
+        return value[rows.to(value.device)]
     if isinstance(value, (list, tuple)):
-        return type(value)(_double(v) for v in value)
+        return type(value)(_take_rows(v, rows) for v in value)
     return value

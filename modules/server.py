@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from fastapi import FastAPI
 
@@ -17,6 +18,9 @@ def create_app(engine: Engine, args: argparse.Namespace) -> FastAPI:
         from modules.api import mount_api
 
         mount_api(app, engine, args)
+    from modules.api.auth import install_cors
+
+    install_cors(app, args)  # after the API's auth middleware, so it wraps it and answers preflights
     if not args.nowebui:
         import gradio as gr
 
@@ -34,7 +38,15 @@ def host_and_port(args: argparse.Namespace) -> tuple[str, int]:
 def serve(engine: Engine, args: argparse.Namespace) -> None:
     import uvicorn
 
+    from modules.api.auth import listen_warning
+
     host, port = host_and_port(args)
     app = create_app(engine, args)
+    warning = listen_warning(args)
+    if warning:
+        banner = "!" * 100
+        log.warning("%s", warning)
+        print(f"\n{banner}\n{warning}\n{banner}\n", file=sys.stderr, flush=True)
     log.info("serving on http://%s:%d", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Event streams (SSE) never end by themselves: give open connections a few seconds at shutdown, then close.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -44,6 +44,8 @@ OPTIONS: dict[str, Option] = {
                                      "Paths for saving"),
     "outdir_img2img_samples": Option("", "Output directory for img2img images (empty = outputs/img2img-images)",
                                      "Paths for saving"),
+    "outdir_extras_samples": Option("", "Output directory for images from extras tab (empty = outputs/extras-images)",
+                                    "Paths for saving"),
     "add_model_hash_to_info": Option(True, "Add model hash to infotext", "Infotext"),
     "add_model_name_to_info": Option(True, "Add model name to infotext", "Infotext"),
     "add_vae_hash_to_info": Option(True, "Add VAE hash to infotext", "Infotext"),
@@ -51,6 +53,14 @@ OPTIONS: dict[str, Option] = {
     "add_version_to_infotext": Option(True, "Add program version to infotext", "Infotext"),
     "show_progress_every_n_steps": Option(10, "Live preview every N steps (0 = off)", "Live previews",
                                           minimum=0, maximum=100),
+    "emphasis": Option("Original", "Emphasis mode", "Stable Diffusion",
+                       choices=("None", "Ignore", "Original", "No norm")),
+    "comma_padding_backtrack": Option(20, "Prompt word wrap length limit", "Stable Diffusion", minimum=0, maximum=74),
+    "enable_prompt_comments": Option(True, "Enable comments (# to the end of a line is left out of prompts)",
+                                     "Stable Diffusion"),
+    "ESRGAN_tile": Option(192, "Tile size for ESRGAN upscalers (0 = no tiling)", "Upscaling", minimum=0, maximum=512),
+    "ESRGAN_tile_overlap": Option(8, "Tile overlap for ESRGAN upscalers (low values = visible seam)", "Upscaling",
+                                  minimum=0, maximum=48),
 }
 
 

@@ -1,15 +1,23 @@
 """The upscaler registry and the Upscale tab's stage (A1111's "Extras"): one place for every upscaler.
 
-Built-ins now: None, Lanczos, Nearest. Model upscalers (ESRGAN family via spandrel) join the same list.
+Built-ins: None, Lanczos, Nearest. Model upscalers (ESRGAN, DAT, SwinIR, HAT, ... via spandrel) join the same
+list through `refresh_model_upscalers` (modules/model_upscalers.py), so hires fix, SD upscale and the Upscale
+tab all see them. This module stays light: torch and spandrel load only when a model upscaler is used.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 from PIL import Image
 
 from modules.errors import ValidationError
+
+if TYPE_CHECKING:
+    from modules.devices import DevicePolicy
+    from modules.paths import Paths
+    from modules.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,21 @@ _registry: dict[str, Upscaler] = {u.name: u for u in _BUILTINS}
 
 def register(upscaler: Upscaler) -> None:
     _registry[upscaler.name] = upscaler
+
+
+def unregister(name: str) -> None:
+    """Remove an upscaler (built-ins stay)."""
+    if name not in {u.name for u in _BUILTINS}:
+        _registry.pop(name, None)
+
+
+def refresh_model_upscalers(paths: "Paths", policy: "DevicePolicy", settings: Optional["Settings"] = None) -> list[str]:
+    """Rescan models/ESRGAN, RealESRGAN, DAT, SwinIR and HAT and (re)register their models; returns their names.
+
+    Call at startup and from the UI's refresh button. Tile size and overlap are read from `settings` on each run."""
+    from modules import model_upscalers
+
+    return [u.name for u in model_upscalers.refresh_model_upscalers(paths, policy, settings)]
 
 
 def list_upscalers() -> list[dict]:
@@ -94,3 +117,37 @@ def run_extras(image: Image.Image, *, resize_mode: int = 0, upscaling_resize: fl
         info["Postprocess upscaler 2"] = second.name
         info["Postprocess upscaler 2 visibility"] = extras_upscaler_2_visibility
     return result, ", ".join(f"{k}: {v}" for k, v in info.items())
+
+
+def extras_folder(outputs_dir: Union[str, Path], custom: str = "") -> Path:
+    """Where the Upscale tab saves: the `outdir_extras_samples` setting, else outputs/extras-images (no date
+    folder, as A1111 saves extras)."""
+    folder = Path(custom) if custom else Path(outputs_dir) / "extras-images"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_extras(image: Image.Image, folder: Union[str, Path], extras_info: str, *,
+                source: Optional[Image.Image] = None, source_infotext: Optional[str] = None,
+                extension: str = "png") -> Path:
+    """Save an Upscale-tab result as A1111 does (`NNNNN.png`, no seed in the name).
+
+    PNG: the source image's chunks are kept (its `parameters` infotext included, so the generation can still be
+    pasted back) and the stage's text is added as `postprocessing` and `extras` chunks. JPEG/WEBP carry one
+    comment, which A1111 fills with the extras text. `source_infotext` overrides what `source` holds."""
+    from modules import image_saving
+    from modules.infotext import read_image_infotext
+
+    parameters, items = read_image_infotext(source) if source is not None else (None, {})
+    if source_infotext is not None:
+        parameters = source_infotext
+    ext = extension.lower().lstrip(".")
+    if ext != "png":
+        return image_saving.save_image(image, folder, seed=None, infotext=extras_info or None, extension=ext)
+    chunks = {k: v for k, v in items.items() if isinstance(v, str) and k not in ("parameters", "extras",
+                                                                                   "postprocessing")}
+    if extras_info:
+        chunks["postprocessing"] = extras_info
+        chunks["extras"] = extras_info
+    return image_saving.save_image(image, folder, seed=None, infotext=parameters, extension="png",
+                                   extra_pnginfo=chunks)

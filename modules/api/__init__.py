@@ -1,6 +1,30 @@
-"""The HTTP API: A1111-compatible /sdapi/v1 and our job API /atelier/v1 (filled in by the API issue)."""
+"""The HTTP API: A1111-compatible /sdapi/v1 and our job API /atelier/v1 (docs/api.md).
+
+A thin adapter: bodies become GenerationRequests, which go through the engine's one job queue.
+
+    models.py      request/response bodies (A1111 field names and API defaults)
+    generation.py  body -> GenerationRequest (with every check the worker would make), job -> A1111 response
+    service.py     submit/wait on the queue, per-job API metadata, webhooks, preview encoding
+    sdapi.py       /sdapi/v1 routes            jobs_api.py  /atelier/v1 routes and SSE events
+    files.py       saved images, only from the output folders   routes.py  prefix helper
+    auth.py        --api-auth, --api-log, CORS  errors.py   every error as JSON naming the field
+    images.py      base64 <-> PIL               lists.py    lists that features fill in later (LoRA, ...)
+"""
 from __future__ import annotations
 
+from typing import Any
 
-def mount_api(app, engine, args) -> None:
-    """Add the API routes to `app`."""
+
+def mount_api(app, engine, args) -> Any:
+    """Add the API routes, error handlers and (with --api-auth) HTTP Basic to `app`; returns the ApiService."""
+    from . import auth, errors, files, jobs_api, sdapi
+    from .service import ApiService
+
+    service = ApiService(engine, args)
+    errors.install(app)
+    sdapi.register(app, service)
+    jobs_api.register(app, service)
+    files.register(app, engine)
+    auth.install(app, args)
+    app.state.api = service
+    return service

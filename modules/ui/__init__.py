@@ -1,10 +1,12 @@
-"""The Gradio UI (filled in by the web UI issue)."""
+"""The Gradio web UI: a thin adapter that turns the artist's forms into GenerationRequests for the engine.
+
+One module per tab (txt2img, img2img, inpaint, upscale, pnginfo, settings_tab), with what they share in
+toprow (prompts, buttons, styles), params (sampler, size, seed…), outputs and progress (gallery, job display).
+"""
 from __future__ import annotations
 
 
 def build_ui(engine, args):
-    import gradio as gr
+    from modules.ui.app import build_ui as build
 
-    with gr.Blocks(title="Atelier") as blocks:
-        gr.Markdown("# Atelier\nThe web UI is being built; the HTTP API is at /docs with --api.")
-    return blocks
+    return build(engine, args)

@@ -1,0 +1,91 @@
+"""Two extensions written in A1111's style (tests/extensions_a1111) run unmodified through the real engine."""
+import pytest
+
+from modules import extension_callbacks, shared
+from modules.infotext import read_image_infotext
+from modules.jobs import JobState
+from modules.settings import OPTIONS
+from tests.extension_helpers import A1111_EXTENSIONS, close, load_from, make_engine, request
+
+
+@pytest.fixture()
+def engine(tiny_dir, policy, tmp_path):
+    eng = make_engine(tiny_dir, policy, tmp_path)
+    load_from(eng, tmp_path, A1111_EXTENSIONS / "prompt-suffix", A1111_EXTENSIONS / "hello-tab")
+    yield eng
+    close(eng)
+
+
+def test_prompt_suffix_rewrites_every_prompt_and_reaches_the_infotext_and_the_file(engine):
+    job = engine.generate(request(batch_size=2, n_iter=2), timeout=120)
+    assert job.state == JobState.done, job.error
+    out = job.result
+    assert len(out.images) == 4 and len(out.paths) == 4
+    for text, path in zip(out.infotexts, out.paths):
+        assert text.startswith("a lighthouse, masterpiece\nNegative prompt: blurry\n")
+        assert "Prompt suffix: masterpiece" in text
+        assert read_image_infotext(__import__("PIL.Image").Image.open(path))[0] == text
+    assert out.result.prompts == ["a lighthouse, masterpiece"] * 4
+    assert out.result.seeds == [7, 8, 9, 10]
+    [script] = engine.scripts.txt2img.alwayson_scripts
+    assert script.seen_batches == [(0, ["a lighthouse, masterpiece"] * 2, [7, 8]),
+                                   (1, ["a lighthouse, masterpiece"] * 2, [9, 10])]
+
+
+def test_suffix_makes_the_same_image_as_asking_for_the_suffixed_prompt(engine):
+    with_script = engine.generate(request(), timeout=120).result.images[0]
+    plain = engine.generate(request(prompt="a lighthouse, masterpiece",
+                                    alwayson_scripts={"prompt suffix": {"args": [False, ""]}}), timeout=120)
+    assert plain.result.infotexts[0].startswith("a lighthouse, masterpiece\n")
+    assert "Prompt suffix" not in plain.result.infotexts[0]
+    assert list(with_script.getdata()) == list(plain.result.images[0].getdata())
+
+
+def test_alwayson_args_from_the_request_reach_the_script(engine):
+    job = engine.generate(request(alwayson_scripts={"Prompt Suffix": {"args": [True, ", golden hour"]}}),
+                          timeout=120)
+    assert job.state == JobState.done, job.error
+    assert job.result.infotexts[0].startswith("a lighthouse, golden hour\n")
+    assert "Prompt suffix: golden hour" in job.result.infotexts[0]
+
+
+def test_img2img_gets_the_img2img_processing_class(engine):
+    from PIL import Image
+
+    job = engine.generate(request(init_images=[Image.new("RGB", (64, 64), "gray")], denoising_strength=0.5),
+                          timeout=120)
+    assert job.state == JobState.done, job.error
+    assert "Prompt suffix mode: img2img" in job.result.infotexts[0]
+
+
+def test_hello_tab_adds_its_tab_and_its_settings(engine):
+    option = OPTIONS["hello_tab_greeting"]
+    assert (option.default, option.section) == ("Hello", "Hello tab")
+    assert (OPTIONS["hello_tab_repeat"].minimum, OPTIONS["hello_tab_repeat"].maximum) == (1, 5)
+    assert engine.settings.get("hello_tab_greeting") == "Hello"
+    assert shared.opts.hello_tab_repeat == 2 and shared.opts.data["hello_tab_greeting"] == "Hello"
+
+    engine.settings.set("hello_tab_greeting", "Bonjour")
+    [tab] = extension_callbacks.run_ui_tabs()
+    assert (tab.title, tab.elem_id, tab.extension) == ("Hello", "hello_tab", "hello-tab")
+    markdown = next(block for block in tab.component.blocks.values() if getattr(block, "elem_id", "") == "hello_tab_text")
+    assert markdown.value == "Bonjour Bonjour"
+    assert "hello_tab_greeting" in engine.settings.file.read_text()
+
+    shared.opts.hello_tab_repeat = 3  # A1111 code sets options by attribute, too
+    assert engine.settings.get("hello_tab_repeat") == 3
+
+
+def test_a1111_module_paths_serve_the_public_names():
+    import modules.images as images
+    import modules.processing as processing
+    import modules.scripts as scripts
+
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="x", steps=3, sd_model=None, outpath_samples="o")
+    assert (p.prompt, p.steps, p.outpath_samples) == ("x", 3, "o")
+    assert p.to_request().steps == 3
+    processing.fix_seed(p)
+    assert p.seed >= 0
+    assert scripts.AlwaysVisible is not None and callable(images.save_image)
+    with pytest.raises(AttributeError):
+        processing.no_such_name
