@@ -24,6 +24,11 @@ while True:
 """
 
 
+def _finished(folder: Path) -> list[Path]:
+    # pathlib's glob matches dot files too; temp files are hidden on purpose and are not images yet.
+    return sorted(p for p in folder.glob("*.png") if not p.name.startswith("."))
+
+
 def test_sigkill_during_saves_leaves_only_complete_pngs(tmp_path):
     folder = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-c", SAVER.format(root=str(ROOT), folder=str(folder))],
@@ -31,13 +36,13 @@ def test_sigkill_during_saves_leaves_only_complete_pngs(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "ready"
         deadline = time.time() + 30
-        while time.time() < deadline and len(list(folder.glob("*.png"))) < 3:
+        while time.time() < deadline and len(_finished(folder)) < 3:
             time.sleep(0.05)
         time.sleep(0.13)  # land somewhere inside a write
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    finals = sorted(folder.glob("*.png"))
+    finals = _finished(folder)
     assert len(finals) >= 3
     for path in finals:
         with Image.open(path) as image:
