@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from modules import image_saving, infotext, samplers
+from modules import image_saving, infotext, samplers, upscaling
 from modules.devices import DevicePolicy, configure_backend
 from modules.extension_callbacks import (ImageSaveParams, JobErrors, attach_denoise_hooks, run_before_image_saved,
                                          run_image_saved)
@@ -58,6 +58,7 @@ class Engine:
         self.scripts = ScriptRegistry()  # extensions' scripts (modules/extensions.py loads them)
         self.queue = JobQueue(self.run_job, preview_every=int(self.settings.get("show_progress_every_n_steps")))
         configure_backend(policy)
+        upscaling.refresh_model_upscalers(paths, policy, self.settings)  # a folder scan; models load on first use
 
     def submit(self, request: GenerationRequest, kind: Optional[str] = None, **kwargs: Any) -> Job:
         request.validate()  # bad input fails here, before it reaches the queue

@@ -47,7 +47,7 @@ INSTALL_TIMEOUT = 600  # seconds for pip and install.py
 INDEX_MAX_BYTES = 16 * 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
-OPTIONS.setdefault("disabled_extensions", Option([], "Disabled extensions", "Extensions"))
+# `disabled_extensions` (a list) is kept in config.json as A1111 keeps it, but isn't a Settings-tab option.
 OPTIONS.setdefault("disable_all_extensions", Option(
     "none", "Disable all extensions (keeps the list of disabled extensions)", "Extensions",
     choices=("none", "extra", "all")))
@@ -140,7 +140,7 @@ class ExtensionManager:
                 if old is not None:
                     ext.status, ext.load_error = old.status, old.load_error
                 self._read_git(ext)
-                ext.scripts = sorted(p.name for p in (path / "scripts").glob("*.py")) if (path / "scripts").is_dir() else []
+                ext.scripts = sorted(p.name for p in (path / "scripts").glob("*.py"))
                 found.append(ext)
         self._known = {ext.name: ext for ext in found}
         return found
@@ -225,7 +225,7 @@ class ExtensionManager:
         if installer.is_file():
             env = dict(os.environ)
             shim = Path(__file__).resolve().parent / "compat" / "installer"
-            env["PYTHONPATH"] = os.pathsep.join([str(shim), str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), str(REPO_ROOT), env.get("PYTHONPATH")) if p)
             self._command([sys.executable, str(installer)], ext.path, f"install.py of '{ext.name}'", env)
 
     def uninstall(self, name: str) -> None:

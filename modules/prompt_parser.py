@@ -34,6 +34,14 @@ _attention = re.compile(r"""
 _break = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     """[(text, weight), ...] with runs of equal weight merged; BREAK comes out as ("BREAK", -1).
 
@@ -50,6 +58,9 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 
     for match in _attention.finditer(text):
         token, weight = match.group(0), match.group(1)
+        if weight is not None and not _is_number(weight):  # "(a:1.2.3)": A1111 crashes; read it as "(a:b)"
+            result.append([token[:-1].rstrip(), 1.0])
+            token, weight = ")", None
         if token.startswith("\\"):
             result.append([token[1:], 1.0])
         elif token == "(":

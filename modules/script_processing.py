@@ -56,6 +56,8 @@ class ScriptedJob:
         p = ProcessingContext.from_request(self.job.request)
         p.scripts, p.script_args = self.scripts, list(self.scripts.script_args)
         p.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+        if self.engine.models.current is not None:  # until process_images loads the one the job asks for
+            p.sd_model = ModelInfo(self.engine.models.current, self.engine.models.current_file)
         previous, _active.job = current(), self
         try:
             self.scripts.setup(p)

@@ -263,6 +263,10 @@ class ScriptRunner:
             self._specs[id(script)] = args_from_components(components)
             self._layout_done = False
 
+    def prepare(self) -> None:
+        """Read every script's arguments (api_args or ui()) and place them in script_args."""
+        self._layout()
+
     def _layout(self) -> None:
         if self._layout_done:
             return
@@ -286,11 +290,6 @@ class ScriptRunner:
     def script_args(self, request: "GenerationRequest") -> list[Any]:
         """The flat A1111 script_args for a request: defaults, then what the request gives."""
         given = self._requested(request)
-        for script, values, _ in given:  # a script whose arguments aren't known takes what it is given
-            spec = self.arg_spec(script)
-            if isinstance(values, (list, tuple)) and len(values) > len(spec):
-                self._specs[id(script)] = spec + [ScriptArg(label=f"arg {i}") for i in range(len(spec), len(values))]
-                self._layout_done = False
         self._layout()
         args: list[Any] = [0]
         for script in self.scripts:
@@ -334,9 +333,10 @@ class ScriptRunner:
                                                                  f"named {key!r}")
                 args[script.args_from + index] = value
             return
-        if not isinstance(given, (list, tuple)):
-            raise ValidationError(field_name, "must be a list of the script's arguments")
-        args[script.args_from:script.args_from + len(given)] = list(given)
+        if len(given) > len(spec):
+            raise ValidationError(field_name, f"script '{script.title()}' takes {len(spec)} argument(s), "
+                                              f"got {len(given)}")
+        args[script.args_from:script.args_from + len(given)] = list(given)  # the rest keep their defaults
 
     def for_job(self, request: "GenerationRequest", errors: JobErrors) -> "JobScripts":
         return JobScripts(self, self.script_args(request), errors)
@@ -432,9 +432,13 @@ class ScriptRegistry:
     img2img: ScriptRunner = field(default_factory=lambda: ScriptRunner([], True))
 
     def set_classes(self, classes: list[ScriptClass]) -> None:
+        """New runners for these classes; each script's arguments are read now (its ui() runs once outside
+        the app's UI), so no job ever builds components while the UI is being built."""
         self.classes = list(classes)
         self.txt2img = ScriptRunner(self.classes, False)
         self.img2img = ScriptRunner(self.classes, True)
+        self.txt2img.prepare()
+        self.img2img.prepare()
 
     def runner(self, is_img2img: bool) -> ScriptRunner:
         return self.img2img if is_img2img else self.txt2img

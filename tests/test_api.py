@@ -256,3 +256,21 @@ def test_thirty_concurrent_requests_all_complete_with_their_own_seed(base_url):
     for seed, text in zip(seeds, texts):
         parsed = parse_infotext(text)
         assert parsed["Seed"] == str(seed) and parsed["Prompt"] == f"p{seed}"
+
+
+# -- built-in scripts through the API ------------------------------------------------------------------------
+def test_sd_upscale_runs_with_a1111_script_args(http):
+    body = {"prompt": "a castle", "init_images": [b64_png(gradient(64, 64))], "denoising_strength": 0.3,
+            "script_name": "sd upscale", "script_args": ["", 16, "Lanczos", 2.0], **TINY}
+    response = http.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    images = [decode(data) for data in response.json()["images"]]
+    assert images and all(image.size == (128, 128) for image in images)
+    assert "Steps: 1" in images[0].info["parameters"]
+
+
+def test_scripts_are_listed_and_an_unknown_one_is_a_422(http):
+    listed = http.get("/sdapi/v1/scripts").json()
+    assert "sd upscale" in listed["img2img"] and "x/y/z plot" in listed["txt2img"]
+    response = http.post("/sdapi/v1/txt2img", json={"prompt": "x", "script_name": "no such script", **TINY})
+    assert response.status_code == 422 and response.json()["field"] == "script_name"

@@ -13,7 +13,8 @@ from modules.paths import Paths
 from modules.settings import Settings
 from tests.extension_helpers import A1111_EXTENSIONS, close, load_from, make_engine, request
 
-SCRIPT = "from modules import scripts\n\nclass Hello(scripts.Script):\n    def title(self):\n        return 'Hello {n}'\n"
+SCRIPT = ("from modules import scripts\n\n"
+          "class Hello(scripts.Script):\n    def title(self):\n        return 'Hello {n}'\n")
 INSTALLER = textwrap.dedent("""\
     import launch  # A1111's installer module
     from pathlib import Path
@@ -257,3 +258,71 @@ def test_cfg_callbacks_see_every_step_and_a_failing_one_is_turned_off(tiny_dir, 
     finally:
         close(engine)
         assert extension_callbacks.callbacks("cfg_denoiser") == []
+
+
+PER_IMAGE = textwrap.dedent("""\
+    from modules import extension_api as api
+
+    class PerImage(api.Script):
+        def title(self):
+            return "Per image"
+
+        def show(self, is_img2img):
+            return api.AlwaysVisible
+
+        def process(self, p):
+            p.all_prompts = [f"{prompt}, number {i}" for i, prompt in enumerate(p.all_prompts)]
+            p.all_seeds = [100 + 10 * i for i in range(len(p.all_seeds))]
+
+    class Twice(api.Script):
+        api_args = [api.ScriptArg("Note", "twice")]
+
+        def title(self):
+            return "Twice"
+
+        def run(self, p, note="twice"):
+            first = api.process_images(p)
+            p.all_prompts = p.all_seeds = None
+            p.prompt, p.seed = "a second lighthouse", 5
+            second = api.process_images(p)
+            return api.Processed(p, [first.images[0], *first.images, *second.images],
+                                 [first.infotexts[0], *first.infotexts, *second.infotexts], index_of_first_image=1)
+""")
+
+
+def test_per_image_prompts_and_seeds_from_a_script_make_what_single_requests_make(tiny_dir, policy, tmp_path):
+    source = tmp_path / "sources" / "per-image"
+    (source / "scripts").mkdir(parents=True)
+    (source / "scripts" / "per_image.py").write_text(PER_IMAGE)
+    engine = make_engine(tiny_dir, policy, tmp_path)
+    try:
+        load_from(engine, tmp_path, source)
+        job = engine.generate(request(batch_size=2), timeout=120)
+        assert job.state == JobState.done, job.error
+        assert job.result.result.seeds == [100, 110]
+        text = job.result.infotexts[1]
+        assert text.startswith("a lighthouse, number 1\n") and "Seed: 110," in text
+
+        engine.scripts.set_classes([])  # the same image without scripts, asked for directly
+        single = engine.generate(request(prompt="a lighthouse, number 1", seed=110), timeout=120)
+        assert list(single.result.images[0].getdata()) == list(job.result.images[1].getdata())
+    finally:
+        close(engine)
+
+
+def test_selected_script_runs_process_images_itself(tiny_dir, policy, tmp_path):
+    source = tmp_path / "sources" / "per-image"
+    (source / "scripts").mkdir(parents=True)
+    (source / "scripts" / "per_image.py").write_text(PER_IMAGE)
+    engine = make_engine(tiny_dir, policy, tmp_path)
+    try:
+        load_from(engine, tmp_path, source)
+        assert engine.scripts.txt2img.titles == ["Twice"]
+        job = engine.generate(request(script_name="twice", script_args=["both"]), timeout=120)
+        assert job.state == JobState.done, job.error
+        out = job.result
+        assert out.grid is not None and len(out.images) == 2 and len(out.paths) == 2
+        assert out.infotexts[0].startswith("a lighthouse, number 0\n")
+        assert out.infotexts[1].startswith("a second lighthouse, number 0\n") and "Seed: 100," in out.infotexts[1]
+    finally:
+        close(engine)

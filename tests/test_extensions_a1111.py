@@ -1,5 +1,6 @@
 """Two extensions written in A1111's style (tests/extensions_a1111) run unmodified through the real engine."""
 import pytest
+from PIL import Image
 
 from modules import extension_callbacks, shared
 from modules.infotext import read_image_infotext
@@ -24,7 +25,7 @@ def test_prompt_suffix_rewrites_every_prompt_and_reaches_the_infotext_and_the_fi
     for text, path in zip(out.infotexts, out.paths):
         assert text.startswith("a lighthouse, masterpiece\nNegative prompt: blurry\n")
         assert "Prompt suffix: masterpiece" in text
-        assert read_image_infotext(__import__("PIL.Image").Image.open(path))[0] == text
+        assert read_image_infotext(Image.open(path))[0] == text
     assert out.result.prompts == ["a lighthouse, masterpiece"] * 4
     assert out.result.seeds == [7, 8, 9, 10]
     [script] = engine.scripts.txt2img.alwayson_scripts
@@ -50,8 +51,6 @@ def test_alwayson_args_from_the_request_reach_the_script(engine):
 
 
 def test_img2img_gets_the_img2img_processing_class(engine):
-    from PIL import Image
-
     job = engine.generate(request(init_images=[Image.new("RGB", (64, 64), "gray")], denoising_strength=0.5),
                           timeout=120)
     assert job.state == JobState.done, job.error
@@ -68,7 +67,8 @@ def test_hello_tab_adds_its_tab_and_its_settings(engine):
     engine.settings.set("hello_tab_greeting", "Bonjour")
     [tab] = extension_callbacks.run_ui_tabs()
     assert (tab.title, tab.elem_id, tab.extension) == ("Hello", "hello_tab", "hello-tab")
-    markdown = next(block for block in tab.component.blocks.values() if getattr(block, "elem_id", "") == "hello_tab_text")
+    blocks = tab.component.blocks.values()
+    markdown = next(block for block in blocks if getattr(block, "elem_id", "") == "hello_tab_text")
     assert markdown.value == "Bonjour Bonjour"
     assert "hello_tab_greeting" in engine.settings.file.read_text()
 

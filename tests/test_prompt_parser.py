@@ -27,6 +27,9 @@ from modules.prompt_parser import (parse_prompt_attention, parse_prompt_edits, p
     ("(a:b)", [("a:b", 1.1)]),  # not a number: the colon is text and the brackets are ×1.1
     ("[unclosed", [("unclosed", 1 / 1.1)]),
     ("stray) and ]", [("stray) and ]", 1.0)]),
+    ("(a:1.2.3) b", [("a:1.2.3", 1.1), (" b", 1.0)]),  # A1111 raises here; read like (a:b) instead
+    ("(:.)", [(":.", 1.1)]),
+    ("x:.)", [("x:.)", 1.0)]),
     ("\\\\ back\\slash", [("\\ backslash", 1.0)]),  # an escaped backslash stays, a lone one goes
     ("", [("", 1.0)]),
 ])

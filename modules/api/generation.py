@@ -17,6 +17,7 @@ from modules.engine import VERSION, Engine
 from modules.errors import ValidationError
 from modules.jobs import Job
 from modules.processing import LATENT_UPSCALE_MODES
+from modules import builtin_scripts
 from modules.request import MAX_SIDE, GenerationRequest
 from modules.settings import Settings
 
@@ -29,8 +30,8 @@ READ_ONLY_OPTIONS = frozenset({"sd_checkpoint_hash"})
 
 
 def scripts_for(kind: str) -> list[str]:
-    """Titles of selectable scripts for txt2img / img2img. None exist yet."""
-    return []
+    """Titles (lower case, as A1111 lists them) of the selectable scripts for txt2img / img2img."""
+    return builtin_scripts.list_scripts()[kind]
 
 
 def _value(body: GenerationBody, name: str) -> Any:
@@ -250,6 +251,14 @@ def info_dict(engine: Engine, job: Job, texts: list[str], index_of_first_image: 
         "is_using_inpainting_conditioning": inpainting,
         "version": VERSION,
     }
+
+
+def script_response(result: "builtin_scripts.ScriptResult", meta: JobMeta, fmt: str) -> dict[str, Any]:
+    """A selectable script's output in the same shape as a plain generation's."""
+    encoded = [images.encode_image(im, fmt, text) for im, text in zip(result.images, result.infotexts)]
+    info = {"infotexts": result.infotexts, "seed": result.seed, "errors": result.errors,
+            "interrupted": result.interrupted}
+    return {"images": encoded if meta.send_images else [], "parameters": meta.parameters, "info": json.dumps(info)}
 
 
 def a1111_response(engine: Engine, job: Job, meta: Optional[JobMeta]) -> dict[str, Any]:

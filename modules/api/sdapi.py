@@ -13,7 +13,7 @@ from typing import Any, Optional
 from fastapi import Body
 from fastapi.concurrency import run_in_threadpool
 
-from modules import infotext, samplers, upscaling
+from modules import builtin_scripts, infotext, samplers, upscaling
 from modules.errors import ValidationError
 from modules.jobs import Job, JobState
 from modules.processing import LATENT_UPSCALE_MODES
@@ -21,8 +21,8 @@ from modules.processing import LATENT_UPSCALE_MODES
 from . import images, lists
 from .errors import ApiError
 from .routes import Routes
-from .generation import (READ_ONLY_OPTIONS, a1111_response, build_request, check_overrides, make_meta, scripts_for,
-                         with_settings_checkpoint)
+from .generation import (READ_ONLY_OPTIONS, a1111_response, build_request, check_overrides, make_meta, script_response,
+                         scripts_for, with_settings_checkpoint)
 from .models import (ExtrasBatchImagesBody, ExtrasBatchImagesResponse, ExtrasBody, ExtrasSingleImageBody,
                      ExtrasSingleImageResponse, GenerationBody, GenerationResponse, Img2ImgBody, MemoryResponse,
                      PNGInfoBody, PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, ScriptsList,
@@ -49,6 +49,9 @@ def register(app, service: ApiService) -> None:
     async def generate(body: GenerationBody, kind: str) -> dict[str, Any]:
         request = await run_in_threadpool(build_request, engine, body, kind)
         request = with_settings_checkpoint(engine, request)
+        if request.script_name:  # scripts queue their own jobs, so they run here, not on the worker
+            result = await run_in_threadpool(builtin_scripts.run_script, engine, request)
+            return script_response(result, make_meta("sdapi", kind, body), "png")
         job = service.submit(request, make_meta("sdapi", kind, body))
         await service.wait(job)
         error = finished_job_error(job)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import MutableMapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from modules import extension_callbacks as callbacks

@@ -18,7 +18,9 @@ def save_image(image: Image.Image, path: str, basename: str = "", seed: Optional
                save_to_dirs: Optional[bool] = None) -> tuple[str, Optional[str]]:
     """Save with infotext `info` under `path` (Atelier's numbering), or as `forced_filename`; runs the
     on_before_image_saved / on_image_saved callbacks. Returns (file path, None)."""
-    pnginfo = {**{k: str(v) for k, v in (existing_info or {}).items()}, **({pnginfo_section_name: info} if info else {})}
+    pnginfo = {k: str(v) for k, v in (existing_info or {}).items()}
+    if info:
+        pnginfo[pnginfo_section_name] = info
     params = callbacks.ImageSaveParams(image, p, str(path), pnginfo)
     callbacks.run_before_image_saved(params)
     ext = extension.lower().lstrip(".")
