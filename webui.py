@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     from modules.engine import Engine
 
     engine = Engine(paths, policy)
+    from modules.extensions import load_extensions, unload_extensions
+
+    engine.extensions = load_extensions(engine, args)
+    for failure in engine.extensions.failures:
+        log.warning("extension failed to load: %s", failure)
     if args.ckpt:
         engine.models.checkpoints.add_file(args.ckpt)
         engine.settings.set("sd_model_checkpoint", engine.models.checkpoints.items[0].name, save=False)
@@ -58,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("device: %s; %d checkpoint(s); ready in %.1f s", policy.name, len(engine.models.checkpoints.items),
              time.monotonic() - started)
     if args.exit:
+        unload_extensions(engine)
         engine.shutdown()
         return 0
     from modules.server import serve
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(engine, args)
     finally:
+        unload_extensions(engine)
         engine.shutdown()
     return 0
 

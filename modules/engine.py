@@ -56,6 +56,7 @@ class Engine:
         self.models = ModelManager(paths, policy, self.settings)
         self.hooks = Hooks()  # process-wide hooks (extensions); each job runs on a copy
         self.scripts = ScriptRegistry()  # extensions' scripts (modules/extensions.py loads them)
+        self.extensions = None  # LoadedExtensions, set by webui.py after load_extensions()
         self.queue = JobQueue(self.run_job, preview_every=int(self.settings.get("show_progress_every_n_steps")))
         configure_backend(policy)
         upscaling.refresh_model_upscalers(paths, policy, self.settings)  # a folder scan; models load on first use

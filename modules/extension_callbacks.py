@@ -136,7 +136,8 @@ def _run_app(kind: str, *args: Any) -> list[tuple[Callback, Any]]:
     results = []
     for cb in callbacks(kind):
         try:
-            results.append((cb, cb.fn(*args)))
+            with loading(cb.owner):  # what a callback registers (a setting, say) is its extension's too
+                results.append((cb, cb.fn(*args)))
         except Exception as e:
             record_failure(cb.owner.extension, f"on_{kind} callback {cb.name}", e)
     return results

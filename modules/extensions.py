@@ -63,6 +63,10 @@ class ExtensionAccessError(ExtensionError):
     """Changing extensions from the UI/API is refused while listening on a non-loopback address."""
 
 
+class ExtensionNotFound(ExtensionError):
+    """No installed extension has that name."""
+
+
 @dataclass
 class Extension:
     name: str
@@ -149,7 +153,7 @@ class ExtensionManager:
         for ext in self.list():
             if ext.name == name:
                 return ext
-        raise ExtensionError(f"no extension named '{name}' is installed")
+        raise ExtensionNotFound(f"no extension named '{name}' is installed")
 
     def active(self) -> list[Extension]:
         """The extensions that load this run, after the flags and `disable_all_extensions`."""

@@ -27,7 +27,8 @@ CACHE_SIZE = 16  # entries per model; each holds one prompt's texts (a few MB at
 
 class ConditioningCache:
     """Encoded texts of one model, least recently used dropped first. Keys carry the texts, the encode
-    settings (clip skip, emphasis, ...) and the extra networks active, so a change in any re-encodes."""
+    settings (clip skip, emphasis, ...), the extra networks active and the embeddings' version, so a change
+    in any of them re-encodes."""
 
     def __init__(self, size: int = CACHE_SIZE):
         self.size = size
@@ -92,6 +93,9 @@ class ScheduledConditioning:
         return len(self.entries) - 1
 
 
+ImageParts = list[tuple[ScheduledConditioning, float]]  # one image's prompt parts and their weights
+
+
 class PromptEncoding:
     """Encodes a batch's texts for one model, settings and set of extra networks, through the cache."""
 
@@ -111,7 +115,8 @@ class PromptEncoding:
         texts = tuple(text for _, text in schedule)
         if self.settings.emphasis != "Original" and any("(" in t or "[" in t for t in texts):
             self.extra_params["Emphasis"] = self.settings.emphasis  # A1111 notes it only when it mattered
-        key = (texts, negative, self.settings, self.network_key)
+        embeddings = self.encoder.embeddings
+        key = (texts, negative, self.settings, self.network_key, None if embeddings is None else embeddings.version)
         conds = self.cache.get(key, lambda: self.encoder.encode_batch(texts, self.settings, negative))
         return ScheduledConditioning([(last, cond) for (last, _), cond in zip(schedule, conds)])
 
@@ -123,7 +128,7 @@ class BatchPrompts:
         self.encoding, self.prompts, self.negative = encoding, prompts, negative
         self.parts = [[(p, 1.0)] if negative else split_and(p) for p in prompts]
 
-    def for_pass(self, steps: int, hires_steps: Optional[int] = None) -> list[list[tuple[ScheduledConditioning, float]]]:
+    def for_pass(self, steps: int, hires_steps: Optional[int] = None) -> list[ImageParts]:
         """Per image, its parts' schedules and weights. `steps`/`hires_steps` as in parse_prompt_schedule."""
         found: dict[str, ScheduledConditioning] = {}
 
@@ -144,8 +149,7 @@ def _guided_parts(parts: list[tuple[str, float]]) -> list[tuple[str, float]]:
 class StepConditioning:
     """Cond and uncond of one pass, step by step; stacks a batch once per change of text."""
 
-    def __init__(self, cond: list[list[tuple[ScheduledConditioning, float]]],
-                 uncond: list[list[tuple[ScheduledConditioning, float]]]):
+    def __init__(self, cond: list[ImageParts], uncond: list[ImageParts]):
         self.cond, self.uncond = cond, uncond
         self._last: Optional[tuple[tuple, tuple[Conditioning, Conditioning]]] = None
 
@@ -156,7 +160,7 @@ class StepConditioning:
         return self._last[1]
 
 
-def _stack(images: list[list[tuple[ScheduledConditioning, float]]], step: int) -> Conditioning:
+def _stack(images: list[ImageParts], step: int) -> Conditioning:
     rows, parts = [], []
     for image in images:
         image_parts = []

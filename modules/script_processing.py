@@ -27,7 +27,7 @@ from modules.processing import FinishedImage, GenerationResult, generate
 from modules.processing_context import ModelInfo, ProcessingContext, Processed
 from modules.prompts import prepare_prompts
 from modules.request import GenerationRequest
-from modules.scripting import JobScripts, PostprocessImageArgs
+from modules.scripting import JobScripts, PostprocessImageArgs, ScriptError
 
 if TYPE_CHECKING:
     from modules.engine import Engine, JobOutput
@@ -83,6 +83,7 @@ class ScriptedJob:
         p.setup_prompts(prompts, negatives)
         if scripts is not None:
             scripts.process(p)
+        _check_lists(p)
         images: list[Image.Image] = []
         infotexts: list[str] = []
         for n in range(p.n_iter):
@@ -179,6 +180,14 @@ class ScriptedJob:
         result.prompts, result.negative_prompts = list(processed.all_prompts), list(processed.all_negative_prompts)
         result.extra_params.update(processed.extra_generation_params)
         result.interrupted = self.interrupted or bool(getattr(processed, "interrupted", False))
+
+
+def _check_lists(p: ProcessingContext) -> None:
+    total = p.batch_size * p.n_iter
+    for name in ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds"):
+        if len(getattr(p, name) or ()) < total:
+            raise ScriptError(f"p.{name} has {len(getattr(p, name) or ())} entries, but the job makes {total} "
+                              f"images (batch_size {p.batch_size} × n_iter {p.n_iter})")
 
 
 def _runs(p: ProcessingContext, start: int, end: int) -> list[tuple[int, int]]:

@@ -7,6 +7,7 @@ import sys
 
 from fastapi import FastAPI
 
+from modules import extension_callbacks
 from modules.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,17 @@ def create_app(engine: Engine, args: argparse.Namespace) -> FastAPI:
     from modules.api.auth import install_cors
 
     install_cors(app, args)  # after the API's auth middleware, so it wraps it and answers preflights
+    blocks = None
     if not args.nowebui:
-        import gradio as gr
-
         from modules.ui import build_ui
 
-        app = gr.mount_gradio_app(app, build_ui(engine, args), path="/")
+        blocks = build_ui(engine, args)
+    # Extension routes go in before Gradio takes "/": routes added after that mount are never reached.
+    extension_callbacks.run_app_started(app, blocks)
+    if blocks is not None:
+        import gradio as gr
+
+        app = gr.mount_gradio_app(app, blocks, path="/")
     return app
 
 

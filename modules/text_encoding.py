@@ -18,8 +18,9 @@ empty SDXL negative prompt is all zeros (A1111's force_zero_embeddings).
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Hashable, Optional, Protocol, Sequence
 
 import torch
 
@@ -82,9 +83,16 @@ class Embedding:
 
 
 class EmbeddingLookup(Protocol):
-    """Finds an embedding whose name's tokens start at `position`: (embedding, prompt tokens it replaces)."""
+    """Finds an embedding whose name's tokens start at `position`: (embedding, prompt tokens it replaces).
+
+    `version` must change whenever the embeddings do: encoded prompts are cached under it."""
+
+    version: Hashable
 
     def find(self, tokens: Sequence[int], position: int) -> Optional[tuple[Embedding, int]]: ...
+
+
+_versions = itertools.count(1)
 
 
 class EmbeddingTable:
@@ -93,6 +101,7 @@ class EmbeddingTable:
     def __init__(self, tokenize: Callable[[str], list[int]], embeddings: Sequence[Embedding] = ()):
         self._tokenize = tokenize
         self._by_first: dict[int, list[tuple[list[int], Embedding]]] = {}
+        self.version = next(_versions)
         for embedding in embeddings:
             self.add(embedding)
 
@@ -103,6 +112,7 @@ class EmbeddingTable:
         entries = [e for e in self._by_first.get(ids[0], []) if e[1].name != embedding.name]
         entries.append((ids, embedding))
         self._by_first[ids[0]] = sorted(entries, key=lambda e: len(e[0]), reverse=True)  # longest name first
+        self.version = next(_versions)
 
     def find(self, tokens: Sequence[int], position: int) -> Optional[tuple[Embedding, int]]:
         for ids, embedding in self._by_first.get(tokens[position], ()):

@@ -206,8 +206,7 @@ def test_send_images_false_and_include_init_images(http):
 def test_lists_without_a_feature_answer_empty_not_404(http):
     for path, empty in [("hypernetworks", []), ("face-restorers", []), ("realesrgan-models", []),
                         ("prompt-styles", []), ("embeddings", {"loaded": {}, "skipped": {}}), ("loras", []),
-                        ("script-info", []), ("extensions", []), ("scripts", {"txt2img": [], "img2img": []}),
-                        ("sd-vae", [])]:
+                        ("script-info", []), ("extensions", []), ("sd-vae", [])]:
         response = http.get(f"/sdapi/v1/{path}")
         assert response.status_code == 200 and response.json() == empty, path
     assert [m["name"] for m in http.get("/sdapi/v1/latent-upscale-modes").json()][0] == "Latent"

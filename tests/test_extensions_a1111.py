@@ -2,7 +2,7 @@
 import pytest
 from PIL import Image
 
-from modules import extension_callbacks, shared
+from modules import extension_api, extension_callbacks, shared
 from modules.infotext import read_image_infotext
 from modules.jobs import JobState
 from modules.settings import OPTIONS
@@ -61,6 +61,7 @@ def test_hello_tab_adds_its_tab_and_its_settings(engine):
     option = OPTIONS["hello_tab_greeting"]
     assert (option.default, option.section) == ("Hello", "Hello tab")
     assert (OPTIONS["hello_tab_repeat"].minimum, OPTIONS["hello_tab_repeat"].maximum) == (1, 5)
+    assert extension_api.setting_owners["hello_tab_greeting"] == "hello-tab"
     assert engine.settings.get("hello_tab_greeting") == "Hello"
     assert shared.opts.hello_tab_repeat == 2 and shared.opts.data["hello_tab_greeting"] == "Hello"
 

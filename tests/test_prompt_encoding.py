@@ -62,12 +62,14 @@ def test_break_gives_one_chunk_per_section(encoder):
     assert len(encoder.chunks_for("a cat BREAK", EncodeSettings(emphasis="None"))) == 1  # None: BREAK is a word
 
 
-def test_a_300_token_prompt_has_no_limit(encoder):
+def test_a_300_token_prompt_has_no_limit(sd1_model, encoder):
     prompt = ", ".join(f"detail{i}" for i in range(100))  # 100 × (2 or 3 tokens + comma)
     count, limit = encoder.count_tokens(prompt)
     assert count >= 300 and limit == -(-count // 75) * 75
     cond = encoder.encode(prompt)
     assert cond.context.shape[1] == 77 * len(encoder.chunks_for(prompt)) >= 77 * 4
+    image = generate(request(prompt=prompt, steps=1, cfg_scale=1.0), sd1_model).images[0]
+    assert pixels(image).std() > 0
 
 
 def test_comma_backtrack_moves_the_words_after_the_last_comma(encoder):
@@ -105,6 +107,12 @@ def test_embeddings_are_never_split_across_chunks(sd1_model):
     other = PromptEncoder(sd1_model, EmbeddingTable(table._tokenize, [Embedding("shinystyle", [vectors * 2])]))
     assert not torch.allclose(plain, other.encode("shinystyle").context)
     assert not torch.allclose(plain, PromptEncoder(sd1_model).encode("shinystyle").context)
+    # new vectors under the same name are not served from the cache
+    encoding = PromptEncoding(encoder, EncodeSettings(), conditioning_cache(sd1_model))
+    before = encoding.schedule("shinystyle", 10, None, False).entries[0][1].context
+    table.add(Embedding("shinystyle", [vectors * 3]))
+    after = encoding.schedule("shinystyle", 10, None, False).entries[0][1].context
+    assert not torch.allclose(before, after)
 
 
 # ------------------------------------------------------------------------------------------ emphasis numbers

@@ -64,7 +64,8 @@ def test_missing_file_is_an_empty_database_and_old_two_column_files_load(tmp_pat
 
 
 def test_extract_style_text_matches_a1111():
-    assert extract_style_text_from_prompt("masterpiece", "1girl, art by greg, masterpiece") == (True, "1girl, art by greg")
+    assert extract_style_text_from_prompt("masterpiece", "1girl, art by greg, masterpiece") == \
+        (True, "1girl, art by greg")
     assert extract_style_text_from_prompt("masterpiece, {prompt}", "masterpiece, 1girl, art by greg") == \
         (True, "1girl, art by greg")
     assert extract_style_text_from_prompt("masterpiece, {prompt}", "exquisite, 1girl, art by greg") == \

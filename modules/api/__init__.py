@@ -9,6 +9,7 @@ A thin adapter: bodies become GenerationRequests, which go through the engine's 
     files.py       saved images, only from the output folders   routes.py  prefix helper
     auth.py        --api-auth, --api-log, CORS  errors.py   every error as JSON naming the field
     images.py      base64 <-> PIL               lists.py    lists that features fill in later (LoRA, ...)
+    extensions_api.py  /atelier/v1/extensions: install, enable/disable, update, uninstall
 """
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ from typing import Any
 
 def mount_api(app, engine, args) -> Any:
     """Add the API routes, error handlers and (with --api-auth) HTTP Basic to `app`; returns the ApiService."""
-    from . import auth, errors, files, jobs_api, sdapi
+    from . import auth, errors, extensions_api, files, jobs_api, lists, sdapi
     from .service import ApiService
+
+    lists.register("script-info", lambda e: e.scripts.script_info())
+    lists.register("extensions", lambda e: [x.to_dict() for x in e.extensions.manager.list()] if e.extensions else [])
 
     service = ApiService(engine, args)
     errors.install(app)
     sdapi.register(app, service)
     jobs_api.register(app, service)
+    extensions_api.register(app, engine)
     files.register(app, engine)
     auth.install(app, args)
     app.state.api = service

@@ -29,9 +29,16 @@ from .service import JobMeta
 READ_ONLY_OPTIONS = frozenset({"sd_checkpoint_hash"})
 
 
-def scripts_for(kind: str) -> list[str]:
-    """Titles (lower case, as A1111 lists them) of the selectable scripts for txt2img / img2img."""
-    return builtin_scripts.list_scripts()[kind]
+def scripts_for(kind: str, engine: Optional[Engine] = None) -> list[str]:
+    """Titles (lower case, as A1111 lists them) of the selectable scripts for txt2img / img2img:
+    the built-in ones, then the extensions'."""
+    extension_titles = [t.lower() for t in engine.scripts.runner(kind == "img2img").titles] if engine else []
+    return builtin_scripts.list_scripts()[kind] + extension_titles
+
+
+def is_builtin_script(request: GenerationRequest) -> bool:
+    return bool(request.script_name) and request.script_name.strip().lower() in builtin_scripts.list_scripts()[
+        "img2img" if request.is_img2img else "txt2img"]
 
 
 def _value(body: GenerationBody, name: str) -> Any:
@@ -129,10 +136,13 @@ def preflight(engine: Engine, request: GenerationRequest, kind: str) -> None:
     if request.enable_hr and kind == "txt2img" and request.hr_upscaler not in LATENT_UPSCALE_MODES:
         upscaling.get(request.hr_upscaler, "hr_upscaler")
     if request.script_name:
-        titles = scripts_for(kind)
+        titles = scripts_for(kind, engine)
         if request.script_name.lower() not in (t.lower() for t in titles):
             raise ValidationError("script_name", f"script {request.script_name!r} not found; available: "
                                                  f"{', '.join(titles) or 'none'}")
+    # Extension scripts check their own arguments (unknown always-on names, too many args).
+    engine.scripts.runner(kind == "img2img").validate(
+        request.copy(script_name=None, script_args=[]) if is_builtin_script(request) else request)
     check_overrides(engine, request.override_settings, "override_settings.")
     request.validate()
 

@@ -21,8 +21,8 @@ from modules.processing import LATENT_UPSCALE_MODES
 from . import images, lists
 from .errors import ApiError
 from .routes import Routes
-from .generation import (READ_ONLY_OPTIONS, a1111_response, build_request, check_overrides, make_meta, script_response,
-                         scripts_for, with_settings_checkpoint)
+from .generation import (READ_ONLY_OPTIONS, a1111_response, build_request, check_overrides, is_builtin_script,
+                         make_meta, script_response, scripts_for, with_settings_checkpoint)
 from .models import (ExtrasBatchImagesBody, ExtrasBatchImagesResponse, ExtrasBody, ExtrasSingleImageBody,
                      ExtrasSingleImageResponse, GenerationBody, GenerationResponse, Img2ImgBody, MemoryResponse,
                      PNGInfoBody, PNGInfoResponse, ProgressResponse, SamplerItem, SchedulerItem, ScriptsList,
@@ -49,7 +49,7 @@ def register(app, service: ApiService) -> None:
     async def generate(body: GenerationBody, kind: str) -> dict[str, Any]:
         request = await run_in_threadpool(build_request, engine, body, kind)
         request = with_settings_checkpoint(engine, request)
-        if request.script_name:  # scripts queue their own jobs, so they run here, not on the worker
+        if is_builtin_script(request):  # built-in scripts queue their own jobs, so they run here, not on the worker
             result = await run_in_threadpool(builtin_scripts.run_script, engine, request)
             return script_response(result, make_meta("sdapi", kind, body), "png")
         job = service.submit(request, make_meta("sdapi", kind, body))
@@ -173,7 +173,7 @@ def register(app, service: ApiService) -> None:
 
     @router.get("/scripts", response_model=ScriptsList)
     def get_scripts() -> dict[str, list[str]]:
-        return {"txt2img": scripts_for("txt2img"), "img2img": scripts_for("img2img")}
+        return {"txt2img": scripts_for("txt2img", engine), "img2img": scripts_for("img2img", engine)}
 
     for name in lists.EMPTY:
         router.add_api_route(f"/{name}", _list_route(name, engine), methods=["GET"], name=f"get_{name}")

@@ -22,8 +22,7 @@ from modules.errors import AtelierError, ValidationError
 
 log = logging.getLogger(__name__)
 
-LIMIT_ATTRS = ("minimum", "maximum", "step")
-SAVED_ATTRS = ("value", *LIMIT_ATTRS)
+SAVED_ATTRS = ("value", "minimum", "maximum", "step")
 
 
 @dataclass
@@ -191,7 +190,8 @@ FIELD_LABELS = {
     "inpaint_full_res_padding": "Only masked padding, pixels", "hr_scale": "Upscale by",
     "hr_resize_x": "Resize width to", "hr_resize_y": "Resize height to", "hr_second_pass_steps": "Hires steps",
     "sampler_name": "Sampling method", "scheduler": "Schedule type", "prompt": "Prompt",
-    "override_settings.CLIP_stop_at_last_layers": "Clip skip", "init_images": "Image", "mask": "Mask", "sd_model_checkpoint": "Stable Diffusion checkpoint",
+    "override_settings.CLIP_stop_at_last_layers": "Clip skip", "init_images": "Image", "mask": "Mask",
+    "sd_model_checkpoint": "Stable Diffusion checkpoint",
 }
 
 

@@ -59,8 +59,7 @@ class ImageTab:
 
     def request(self, data: dict, image_fields: dict) -> GenerationRequest:
         """A request from the form plus a source's image fields (init_images, mask, maybe width/height)."""
-        prompt, negative = self.toprow.styled_prompts(self.ctx, data)
-        fields = self.params.request_fields(self.ctx, data)
+        fields = {**self.toprow.request_fields(data), **self.params.request_fields(self.ctx, data)}
         init = image_fields["init_images"][0]
         if data[self.resize_by] and "width" not in image_fields:
             scale = to_float(data[self.scale], 0.05, 8.0, 1.0)
@@ -68,8 +67,7 @@ class ImageTab:
         for extra in self.extra_fields:
             fields.update(extra(data))
         fields.update(image_fields)
-        return GenerationRequest(prompt=prompt, negative_prompt=negative,
-                                 resize_mode=RESIZE_MODES.index(data[self.resize_mode]),
+        return GenerationRequest(resize_mode=RESIZE_MODES.index(data[self.resize_mode]),
                                  denoising_strength=to_float(data[self.denoising], 0.0, 1.0, 0.75), **fields)
 
     def paste(self, ctx: UIContext, req: GenerationRequest, carried: set[str]) -> dict:
@@ -93,7 +91,8 @@ def scale_text(size: Optional[tuple], scale: float) -> str:
         return '<span class="hires-info">Resize: upload an image to see the new size</span>'
     w, h = size
     scale = to_float(scale, 0.05, 8.0, 1.0)
-    return f'<span class="hires-info">Resize: from <b>{w}×{h}</b> to <b>{to_size(w * scale)}×{to_size(h * scale)}</b></span>'
+    new_w, new_h = to_size(w * scale), to_size(h * scale)
+    return f'<span class="hires-info">Resize: from <b>{w}×{h}</b> to <b>{new_w}×{new_h}</b></span>'
 
 
 def build_image_tab(ctx: UIContext, tab: str, build_inputs: Callable[[ImageTab], None],

@@ -37,11 +37,16 @@ def editor_size(value: Optional[dict]) -> Optional[tuple[int, int]]:
 
 def build(ctx: UIContext) -> ImageTab:
     def inputs(it: ImageTab) -> None:
-        with it.input_tab("img2img", "img2img", source=lambda d: {"init_images": [require_image(d[init])]}):
+        def image_source(d: dict) -> dict:
+            return {"init_images": [require_image(d[init])]}
+
+        def sketch_source(d: dict) -> dict:
+            return {"init_images": [require_image(editor_composite(d[sketch]), what="sketch")]}
+
+        with it.input_tab("img2img", "img2img", source=image_source):
             init = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
                             elem_id=f"{TAB}_image", height=440, format="png")
-        with it.input_tab("Sketch", "sketch", source=lambda d: {"init_images": [require_image(editor_composite(d[sketch]),
-                                                                                            what="sketch")]}):
+        with it.input_tab("Sketch", "sketch", source=sketch_source):
             sketch = gr.ImageEditor(label="Sketch", type="pil", sources=["upload", "clipboard"], layers=False,
                                     transforms=(), brush=gr.Brush(colors=SKETCH_COLORS, default_color="#000000"),
                                     eraser=gr.Eraser(), elem_id=f"{TAB}_sketch", height=440, format="png",

@@ -117,15 +117,17 @@ def build(ctx: UIContext) -> ImageTab:
                                        sources=["upload", "clipboard"], elem_id=f"{TAB}_upload_mask", height=320,
                                        format="png")
         with it.input_tab("Outpaint", "outpaint", source=outpaint_source):
-            out_image = gr.Image(label="Image to extend", type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
-                                 elem_id=f"{TAB}_outpaint_image", height=320, format="png")
+            out_image = gr.Image(label="Image to extend", type="pil", image_mode="RGBA",
+                                 sources=["upload", "clipboard"], elem_id=f"{TAB}_outpaint_image", height=320,
+                                 format="png")
             with gr.Row():
                 out_pixels = ctx.add(TAB, "Pixels to expand", gr.Slider, minimum=8, maximum=512, step=8, value=128,
                                      elem_id=f"{TAB}_outpaint_pixels")
                 out_directions = ctx.add(TAB, "Outpainting direction", gr.CheckboxGroup, choices=list(DIRECTIONS),
                                          value=list(DIRECTIONS), elem_id=f"{TAB}_outpaint_directions")
-            gr.Markdown('The new area is masked (with a little overlap). Masked content "fill" or "latent noise" '
-                        'usually blends best.', elem_classes=["hint"])
+            gr.Markdown('The new area is masked, with a little overlap, and the result has the extended size '
+                        '(Resize to / by don\'t apply). Masked content "fill" or "latent noise" usually blends best.',
+                        elem_classes=["hint"])
         it.inputs |= {editor, sketch, upload_image, upload_mask, out_image, out_pixels, out_directions}
         it.image_target = editor
         editor.upload(editor_size, editor, it.image_size, queue=False, show_progress="hidden")

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from modules import samplers
+from modules.model_manager import VAE_AUTOMATIC, VAE_NONE
 from modules.noise import MAX_SEED
 from modules.request import MAX_BATCH_SIZE, MAX_N_ITER, MAX_STEPS, GenerationRequest
 from modules.ui.common import UIContext, to_float, to_int, to_size, tool_button
@@ -105,8 +106,15 @@ class Params:
 
 
 def settings_overrides(ctx: UIContext) -> dict[str, Any]:
-    """The quicksettings row as per-request overrides, so the job uses what the artist sees selected."""
+    """The quicksettings row as per-request overrides, so the job uses what the artist sees selected.
+    A saved checkpoint or VAE that no longer exists is left out: the engine then falls back as A1111 does."""
+    models = ctx.engine.models
     values = {name: ctx.settings.get(name) for name in QUICK_SETTINGS}
+    checkpoint, vae = values["sd_model_checkpoint"], values["sd_vae"]
+    if checkpoint and models.checkpoints.find(str(checkpoint)) is None:
+        values["sd_model_checkpoint"] = None
+    if vae not in (VAE_AUTOMATIC, VAE_NONE) and (not vae or models.vaes.find(str(vae)) is None):
+        values["sd_vae"] = None
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -57,10 +57,11 @@ def build(ctx: UIContext) -> PngInfoTab:
         with gr.Column(scale=1):
             html = gr.HTML("", elem_id=f"{TAB}_html_info", elem_classes=["infotext"])
             with gr.Row(elem_classes=["output-buttons"]):
-                send_txt2img = gr.Button("Send to txt2img", elem_id=f"{TAB}_send_to_txt2img", size="sm")
-                send_img2img = gr.Button("Send to img2img", elem_id=f"{TAB}_send_to_img2img", size="sm")
-                send_inpaint = gr.Button("Send to inpaint", elem_id=f"{TAB}_send_to_inpaint", size="sm")
-                send_extras = gr.Button("Send to upscale", elem_id=f"{TAB}_send_to_extras", size="sm")
+                send_txt2img = gr.Button("Send to txt2img", elem_id=f"{TAB}_send_to_txt2img", size="sm",
+                                         min_width=100)
+                send_img2img = gr.Button("Send to img2img", elem_id=f"{TAB}_send_to_img2img", size="sm", min_width=100)
+                send_inpaint = gr.Button("Send to inpaint", elem_id=f"{TAB}_send_to_inpaint", size="sm", min_width=100)
+                send_extras = gr.Button("Send to upscale", elem_id=f"{TAB}_send_to_extras", size="sm", min_width=100)
     infotext = gr.State("")
     image.change(describe, image, [html, infotext], show_progress="hidden")
     return PngInfoTab(image, html, infotext, send_txt2img, send_img2img, send_inpaint, send_extras)

@@ -35,13 +35,15 @@ def progress_html(job: Job, prefix: str = "") -> str:
     if info["state"] == JobState.queued.value:
         position, size = info["position"], info["queue_size"]
         text = f"In queue: {position}/{size}" if position else "In queue"
-        return f'<div class="atelier-progress queued" data-state="queued"><span class="text">{esc(prefix + text)}</span></div>'
+        return (f'<div class="atelier-progress queued" data-state="queued">'
+                f'<span class="text">{esc(prefix + text)}</span></div>')
     percent = 100.0 * (info["progress"] or 0.0)
     if info["step"]:
         eta = format_eta(info["eta_seconds"])
         text = f"{percent:.0f}%" + (f" · ETA {eta}" if eta else "") + f" · step {info['step']}/{info['total_steps']}"
     else:
-        text = "Preparing…" if job.started and time.time() - job.started < 2 else "Loading model / encoding prompts…"
+        starting = job.started and time.time() - job.started < 2
+        text = "Preparing…" if starting else "Loading model / encoding prompts…"
     return (f'<div class="atelier-progress" data-state="running" data-progress="{percent:.1f}">'
             f'<div class="bar" style="width:{percent:.1f}%"></div><span class="text">{esc(prefix + text)}</span></div>')
 

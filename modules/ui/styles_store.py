@@ -1,8 +1,7 @@
 """Prompt styles for the UI: a thin adapter over modules.styles.StyleDatabase (A1111's styles.csv).
 
-The UI applies the selected styles to the prompts itself and submits the styled text with `styles=[]`, so
-a style is never applied twice whether or not the engine applies `request.styles`. Once the engine owns one
-StyleDatabase and applies `request.styles`, pass the names through instead (Toprow.styled_prompts).
+Generation requests carry the selected style names (`request.styles`); the engine applies them. The UI
+itself only lists, edits and saves styles, and applies them into the prompt box on the 📋 button.
 """
 from __future__ import annotations
 

@@ -65,11 +65,10 @@ class Toprow:
                 source.change(update, [box, steps], counter, queue=False, show_progress="hidden",
                               trigger_mode="always_last")
 
-    def styled_prompts(self, ctx: UIContext, data: dict) -> tuple[str, str]:
-        """Prompt and negative prompt with the selected styles applied (A1111 applies them at generation)."""
-        prompt, negative = data[self.prompt] or "", data[self.negative_prompt] or ""
-        names = data[self.styles] or []
-        return ctx.styles.apply(prompt, negative, names) if names else (prompt, negative)
+    def request_fields(self, data: dict) -> dict:
+        """Prompts and the selected styles' names: the engine applies styles, as A1111 does at generation."""
+        return {"prompt": data[self.prompt] or "", "negative_prompt": data[self.negative_prompt] or "",
+                "styles": list(data[self.styles] or [])}
 
     @property
     def inputs(self) -> set:

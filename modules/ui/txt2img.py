@@ -121,13 +121,13 @@ def build(ctx: UIContext) -> Txt2ImgTab:
     tab = Txt2ImgTab(toprow, p, hires, panel)
 
     def build_request(data: dict) -> GenerationRequest:
-        prompt, negative = toprow.styled_prompts(ctx, data)
         h = hires
         return GenerationRequest(
-            prompt=prompt, negative_prompt=negative, **p.request_fields(ctx, data),
+            **toprow.request_fields(data), **p.request_fields(ctx, data),
             enable_hr=bool(data[h.enable]), hr_scale=to_float(data[h.scale], 1.0, 8.0, 2.0),
             hr_upscaler=data[h.upscaler], hr_second_pass_steps=to_int(data[h.steps], 0, MAX_STEPS),
-            hr_resize_x=to_int(data[h.resize_x], 0, 8192) // 8 * 8, hr_resize_y=to_int(data[h.resize_y], 0, 8192) // 8 * 8,
+            hr_resize_x=to_int(data[h.resize_x], 0, 8192) // 8 * 8,
+            hr_resize_y=to_int(data[h.resize_y], 0, 8192) // 8 * 8,
             denoising_strength=to_float(data[h.denoising], 0.0, 1.0, 0.7))
 
     view = JobView(ctx, toprow, panel, kind="txt2img")
