@@ -273,3 +273,22 @@ def test_scripts_are_listed_and_an_unknown_one_is_a_422(http):
     assert "sd upscale" in listed["img2img"] and "x/y/z plot" in listed["txt2img"]
     response = http.post("/sdapi/v1/txt2img", json={"prompt": "x", "script_name": "no such script", **TINY})
     assert response.status_code == 422 and response.json()["field"] == "script_name"
+
+
+# -- checkpoint merger ------------------------------------------------------------------------------------
+def test_merge_route_writes_a_checkpoint_and_lists_it(http, engine):
+    body = {"primary_model_name": "tiny-sd1-inpainting", "secondary_model_name": "tiny-sd1",
+            "multiplier": 0.5, "custom_name": "api-merge", "precision": "keep"}
+    response = http.post("/atelier/v1/merge", json=body)
+    assert response.status_code == 200, response.text
+    merged = engine.models.checkpoints.find(response.json()["name"])
+    try:
+        assert merged is not None and merged.path.name == "api-merge.inpainting.safetensors"  # A1111 marks inpainting merges
+        unknown = http.post("/atelier/v1/merge", json={**body, "primary_model_name": "no-such-model"})
+        assert unknown.status_code == 422 and unknown.json()["field"] == "sd_model_checkpoint"
+        swapped = http.post("/atelier/v1/merge", json={**body, "primary_model_name": "tiny-sd1",
+                                                       "secondary_model_name": "tiny-sd1-inpainting"})
+        assert swapped.status_code == 422 and "inpainting" in swapped.json()["detail"]
+    finally:
+        if merged is not None:
+            merged.path.unlink()

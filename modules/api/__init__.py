@@ -10,6 +10,7 @@ A thin adapter: bodies become GenerationRequests, which go through the engine's 
     auth.py        --api-auth, --api-log, CORS  errors.py   every error as JSON naming the field
     images.py      base64 <-> PIL               lists.py    lists that features fill in later (LoRA, ...)
     extensions_api.py  /atelier/v1/extensions: install, enable/disable, update, uninstall
+    merge_api.py   /atelier/v1/merge: the checkpoint merger
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 
 def mount_api(app, engine, args) -> Any:
     """Add the API routes, error handlers and (with --api-auth) HTTP Basic to `app`; returns the ApiService."""
-    from . import auth, errors, extensions_api, files, jobs_api, lists, sdapi
+    from . import auth, errors, extensions_api, files, jobs_api, lists, merge_api, sdapi
     from .service import ApiService
 
     lists.register("script-info", lambda e: e.scripts.script_info())
@@ -29,6 +30,7 @@ def mount_api(app, engine, args) -> Any:
     sdapi.register(app, service)
     jobs_api.register(app, service)
     extensions_api.register(app, engine)
+    merge_api.register(app, engine)
     files.register(app, engine)
     auth.install(app, args)
     app.state.api = service
