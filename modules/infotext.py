@@ -274,6 +274,8 @@ def request_from_infotext(text: str, base: Optional[GenerationRequest] = None) -
         overrides["sd_model_checkpoint"] = str(d["Model"])
     if "VAE" in d:
         overrides["sd_vae"] = str(d["VAE"])
+    emphasis = d.get("Emphasis")
+    _set_or_drop(overrides, "emphasis", str(emphasis) if emphasis not in (None, "Original") else None)
     changes["override_settings"] = overrides
     return req.copy(**changes)
 

@@ -328,3 +328,10 @@ def test_round_trip(req, seed, subseed, model_name, model_hash, vae_name, vae_ha
         assert parse_infotext(text)["Model hash"] == model_hash
     # Strongest check: the request read back writes the very same text.
     assert create_infotext(back, extra=generation_extras(back), **kw) == text
+
+
+def test_pasted_emphasis_becomes_a_request_override():
+    req = request_from_infotext("a (cat:1.3)\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Emphasis: No norm")
+    assert req.override_settings["emphasis"] == "No norm"
+    plain = request_from_infotext("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512")
+    assert "emphasis" not in plain.override_settings
