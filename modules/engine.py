@@ -58,6 +58,7 @@ class Engine:
         self.scripts = ScriptRegistry()  # extensions' scripts (modules/extensions.py loads them)
         self.extensions = None  # LoadedExtensions, set by webui.py after load_extensions()
         self.queue = JobQueue(self.run_job, preview_every=int(self.settings.get("show_progress_every_n_steps")))
+        self.settings.on_change.append(self._setting_changed)
         configure_backend(policy)
         upscaling.refresh_model_upscalers(paths, policy, self.settings)  # a folder scan; models load on first use
 
@@ -98,9 +99,17 @@ class Engine:
             self._finish_grid(request, output, "img2img" if request.is_img2img else "txt2img")
         return output
 
+    def _setting_changed(self, name: str, value: Any) -> None:
+        if name == "show_progress_every_n_steps":  # applies from the next step, whoever changed it
+            self.queue.preview_every = int(value)
+
     def load_model(self, request: GenerationRequest) -> tuple[LoadedModel, ModelFile]:
-        # The request's own checkpoint, else the one chosen in settings (the UI's dropdown), else what is loaded.
-        wanted = request.checkpoint or self.settings.get("sd_model_checkpoint") or None
+        # The request's own checkpoint, else the one chosen in settings (the UI's dropdown) if it still exists
+        # (a stale name in config.json must not fail every job), else what is loaded.
+        wanted = request.checkpoint
+        if not wanted:
+            chosen = self.settings.get("sd_model_checkpoint")
+            wanted = chosen if chosen and self.models.checkpoints.find(chosen) else None
         return self.models.get(wanted, self.option(request, "sd_vae"))
 
     def prompt_environment(self) -> PromptEnvironment:

@@ -22,6 +22,18 @@ Extra networks (`<kind:args>` prompt tags)
     register_extra_network(kind, handler), ExtraNetworkHandler, ExtraNetworkParams, ExtraNetworkContext,
     parse_extra_networks; cards for the browser: register_extra_network_cards(kind, provider),
     ExtraNetworkCard, card_for_file, find_preview
+Changing the model during a job (since 1.1; see docs/extensions.md, "Model patches")
+    set_weight_deltas(model, owner, {(component, param): delta}), clear_weight_deltas(model, owner),
+    model_components(model), patched_weights(model)          add deltas to weights, restore them exactly
+    set_attention_kv_hook(model, owner, fn(context, "k"|"v", AttentionLayer)), AttentionLayer
+                                                             change what attention keys/values read
+Textual-inversion embeddings (since 1.1)
+    register_embedding_provider(fn(EmbeddingTarget) -> EmbeddingLookup | None), Embedding, EmbeddingTable,
+    EmbeddingLookup, EmbeddingTarget, current_embedding_target()
+Files and lists (since 1.1)
+    model_dir(kind), vae_files(), current_model(); load_tensors(path), load_pickle(path) (weights_only),
+    read_safetensors_metadata(path), sha256_file(path), addnet_hash(path), UnsafeFileError;
+    register_api_list(name, provider, refresh)   serve /sdapi/v1/loras, /embeddings, /hypernetworks
 Settings
     register_settings(section, {name: setting(default, label, ...)}), get_setting(name), Option
     API arguments of a script: its `api_args` (list of ScriptArg), shown by /sdapi/v1/script-info and
@@ -34,8 +46,9 @@ traceback); the failing script or callback is off for the rest of that job, and 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from modules import extension_callbacks as _callbacks
 from modules.extension_callbacks import (CFGDenoisedParams, CFGDenoiserParams, ImageSaveParams, UiTab,
@@ -44,15 +57,24 @@ from modules.extension_callbacks import (CFGDenoisedParams, CFGDenoiserParams, I
                                          on_script_unloaded, on_ui_settings, on_ui_tabs)
 from modules.extra_network_cards import (ExtraNetworkCard, card_for_file, find_preview,
                                          register_extra_network_cards)
-from modules.extra_networks import (ExtraNetworkContext, ExtraNetworkHandler, ExtraNetworkParams,
-                                    parse_extra_networks, register_extra_network)
+from modules import embedding_hooks as _embedding_hooks
+from modules import extension_lists as _extension_lists
+from modules import extra_networks as _extra_networks
+from modules.attention_hooks import AttentionLayer, set_attention_kv_hook
+from modules.embedding_hooks import EmbeddingTarget
+from modules.errors import UnsafeFileError
+from modules.extra_networks import ExtraNetworkContext, ExtraNetworkHandler, ExtraNetworkParams, parse_extra_networks
 from modules.processing_context import ModelInfo, ProcessingContext, Processed
+from modules.safe_loading import addnet_hash, load_pickle, load_tensors, read_safetensors_metadata, sha256_file
 from modules.sampling import HOOK_POINTS, DenoiseState
 from modules.script_processing import process_images
 from modules.scripting import AlwaysVisible, PostprocessImageArgs, Script, ScriptArg, ScriptError
 from modules.settings import OPTIONS, Option
+from modules.text_encoding import Embedding, EmbeddingLookup, EmbeddingTable
+from modules.weight_patching import WeightPatchError, clear_weight_deltas, model_components, patched_weights, \
+    set_weight_deltas
 
-API_VERSION = "1.0"
+API_VERSION = "1.1"
 
 # Which extension declared each setting (the Settings tab can say so).
 setting_owners: dict[str, str] = {}
@@ -87,6 +109,84 @@ def get_setting(name: str) -> Any:
     return host.settings().get(name)
 
 
+def register_extra_network(kind: str, handler: ExtraNetworkHandler) -> None:
+    """Make `<kind:...>` prompt tags reach `handler`; it goes away when extensions are unloaded."""
+    _extra_networks.register_extra_network(kind, handler)
+
+    def forget() -> None:
+        if _extra_networks.default_registry.get(kind) is handler:
+            _extra_networks.default_registry.unregister(kind)
+
+    _callbacks.add_callback("script_unloaded", forget)
+
+
+def register_embedding_provider(provider: "_embedding_hooks.EmbeddingProvider") -> None:
+    """provider(EmbeddingTarget) -> EmbeddingLookup or None: textual-inversion embeddings for a model. Asked once
+    per job; the lookup's `version` must change when its embeddings do (encoded prompts are cached under it)."""
+    _embedding_hooks.register_embedding_provider(provider, _callbacks.current_owner().extension)
+    _callbacks.add_callback("script_unloaded", lambda: _embedding_hooks.unregister_embedding_provider(provider))
+
+
+def current_embedding_target() -> "Optional[EmbeddingTarget]":
+    """The EmbeddingTarget of the loaded model (None before one is loaded): for listing which embeddings fit."""
+    from modules.compat import host
+
+    engine = host.engine()
+    model = engine.models.current if engine is not None else None
+    return _embedding_hooks.target_for(model) if model is not None else None
+
+
+def register_api_list(name: str, provider: Callable[[], Any], refresh: Optional[Callable[[], None]] = None) -> None:
+    """Serve provider() (A1111's JSON shape) at GET /sdapi/v1/<name> ("loras", "embeddings", "hypernetworks",
+    "face-restorers"); refresh() runs for POST /sdapi/v1/refresh-<name>."""
+    _extension_lists.register_api_list(name, provider, refresh)
+    _callbacks.add_callback("script_unloaded", lambda: _extension_lists.unregister_api_list(name, provider))
+
+
+# Model folders by A1111's folder name (and a lower-case alias); --lora-dir etc. move them.
+_MODEL_DIRS = {"Stable-diffusion": "ckpt_dir", "checkpoints": "ckpt_dir", "VAE": "vae_dir", "vae": "vae_dir",
+               "Lora": "lora_dir", "lora": "lora_dir", "embeddings": "embeddings_dir",
+               "hypernetworks": "hypernetwork_dir", "ControlNet": "controlnet_dir", "controlnet": "controlnet_dir"}
+
+
+def model_dir(kind: str) -> Path:
+    """Where files of `kind` live: "Lora", "embeddings", "hypernetworks", "VAE", "Stable-diffusion", "ControlNet"
+    (or lower case). Read it when you need it: the folders follow the running app's flags."""
+    from modules.compat import host
+    from modules.paths import Paths
+
+    if kind not in _MODEL_DIRS:
+        raise KeyError(f"no model folder '{kind}'; known: {', '.join(_MODEL_DIRS)}")
+    engine = host.engine()
+    paths = engine.paths if engine is not None else Paths.from_flags()
+    return Path(getattr(paths, _MODEL_DIRS[kind]))
+
+
+@dataclass(frozen=True)
+class ModelFileInfo:
+    name: str  # as the sd_vae setting and /sdapi/v1/sd-vae name it (path relative to its folder)
+    path: Path
+
+
+def vae_files(refresh: bool = False) -> list[ModelFileInfo]:
+    """The VAE files the app can select (models/VAE and its subfolders)."""
+    from modules.compat import host
+
+    engine = host.engine()
+    if engine is None:
+        return []
+    if refresh:
+        engine.models.vaes.refresh()
+    return [ModelFileInfo(item.name, item.path) for item in engine.models.vaes.items]
+
+
+def current_model() -> Optional[ModelInfo]:
+    """What is loaded (read-only), or None."""
+    from modules.compat import host
+
+    return host.model_info()
+
+
 def extension_dir() -> Path:
     """The folder of the extension whose script is being imported; call it at import time."""
     from modules.compat import host
@@ -103,4 +203,11 @@ __all__ = [
     "register_extra_network", "ExtraNetworkHandler", "ExtraNetworkParams", "ExtraNetworkContext",
     "parse_extra_networks", "register_extra_network_cards", "ExtraNetworkCard", "card_for_file", "find_preview",
     "Option", "setting", "register_settings", "register_option", "get_setting", "extension_dir",
+    # 1.1
+    "set_weight_deltas", "clear_weight_deltas", "model_components", "patched_weights", "WeightPatchError",
+    "set_attention_kv_hook", "AttentionLayer",
+    "register_embedding_provider", "Embedding", "EmbeddingTable", "EmbeddingLookup", "EmbeddingTarget",
+    "current_embedding_target",
+    "model_dir", "vae_files", "ModelFileInfo", "current_model", "load_tensors", "load_pickle",
+    "read_safetensors_metadata", "sha256_file", "addnet_hash", "UnsafeFileError", "register_api_list",
 ]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from modules import image_ops, noise, samplers, upscaling, vae_codec
+from modules import embedding_hooks, image_ops, noise, samplers, upscaling, vae_codec
 from modules.extra_networks import ExtraNetworkContext, network_key, parse_extra_networks
 from modules.latent_preview import cheap_preview
 from modules.model_loading import LoadedModel
@@ -94,7 +94,9 @@ class Generation:
             upscaling.get(request.hr_upscaler, "hr_upscaler")  # raises for an unknown name
         self.prompt_env = prompt_env or PromptEnvironment()
         self.prompt_options = self.prompt_env.options.with_overrides(request.override_settings)
-        self.encoder = PromptEncoder(model, self.prompt_env.embeddings)
+        # Textual-inversion embeddings: the environment's own, else what extensions provide for this model.
+        embeddings = self.prompt_env.embeddings or embedding_hooks.lookup_for(model)
+        self.encoder = PromptEncoder(model, embeddings)
         self.result = GenerationResult()
         self.networks = ExtraNetworkContext(model, request, self.result.notes, self.result.extra_params)
 
@@ -164,9 +166,11 @@ class Generation:
         prompts, networks = [text for text, _ in parsed], parsed[0][1]
         self.prompt_env.extra_networks.activate(self.networks, networks)
         settings = self.prompt_options.encode_settings(self.request.clip_skip)
+        negatives = self.result.negative_prompts[start:end]
+        embedding_hooks.note_used_embeddings(self.encoder, prompts, negatives, settings, self.result.extra_params)
         encoding = PromptEncoding(self.encoder, settings, conditioning_cache(self.model), network_key(networks),
                                   self.result.notes, self.result.extra_params)
-        return BatchPrompts(encoding, prompts), BatchPrompts(encoding, self.result.negative_prompts[start:end], True)
+        return BatchPrompts(encoding, prompts), BatchPrompts(encoding, negatives, True)
 
     def _step_conditioning(self, cond: BatchPrompts, uncond: BatchPrompts, pass_name: str) -> StepConditioning:
         """Schedules count sampler calls over the whole pass, img2img's skipped steps included (as A1111)."""
@@ -272,7 +276,16 @@ class Generation:
             ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32,
                                device=self.model.policy.device)
             state.added_cond = lambda batch: {"time_ids": ids.repeat(batch, 1)}
+        if self.model.unet.config.in_channels == 9:  # an inpainting model outside inpaint (its setup replaces this)
+            state.image_conditioning = self._whole_image_conditioning(latents.shape[0], width, height)
         return state
+
+    def _whole_image_conditioning(self, batch: int, width: int, height: int) -> torch.Tensor:
+        """As A1111 does for inpainting models in txt2img and plain img2img: everything masked, so the mask
+        channel is all ones and the masked image is a uniform mid-grey (0 in [-1, 1])."""
+        grey = torch.zeros(batch, 3, height, width, device=self.model.policy.device)
+        latents = vae_codec.encode(self.model, grey)
+        return torch.cat([torch.ones_like(latents[:, :1]), latents], dim=1)
 
     def _preview(self, latents: torch.Tensor) -> Image.Image:
         return cheap_preview(latents[0], sdxl=self.model.family.is_sdxl)

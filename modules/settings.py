@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from modules.errors import ValidationError
 
@@ -93,6 +93,7 @@ class Settings:
     file: Optional[Path] = None
     values: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    on_change: list[Callable[[str, Any], None]] = field(default_factory=list, repr=False)  # (name, new value)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -135,6 +136,7 @@ class Settings:
             self.values[name] = value
             if save:
                 self._save()
+        self._notify({name: value})
 
     def update(self, changes: dict[str, Any]) -> None:
         """All or nothing: every value is checked before any is stored."""
@@ -142,6 +144,12 @@ class Settings:
         with self._lock:
             self.values.update(checked)
             self._save()
+        self._notify(checked)
+
+    def _notify(self, changes: dict[str, Any]) -> None:
+        for name, value in changes.items():
+            for listener in list(self.on_change):
+                listener(name, value)
 
     def all(self) -> dict[str, Any]:
         merged = {name: option.default for name, option in OPTIONS.items()}

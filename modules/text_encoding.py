@@ -76,6 +76,7 @@ class Embedding:
 
     name: str
     vectors: list[torch.Tensor]
+    hash: Optional[str] = None  # short file hash for the infotext's `TI hashes` (None: not written)
 
     @property
     def vector_count(self) -> int:

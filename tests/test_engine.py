@@ -92,3 +92,14 @@ def test_skip_moves_to_the_next_batch(engine):
     assert job.state == JobState.done
     assert len(job.result.images) == 1  # the first batch was skipped, the second finished
     assert job.result.result.seeds[1] == 43
+
+
+def test_a_stale_checkpoint_in_settings_falls_back_instead_of_failing(engine):
+    engine.settings.set("sd_model_checkpoint", "deleted-long-ago.safetensors")
+    job = engine.generate(req(), timeout=120)
+    assert job.state == JobState.done, job.error
+
+
+def test_preview_interval_follows_the_setting_whoever_changes_it(engine):
+    engine.settings.set("show_progress_every_n_steps", 3)
+    assert engine.queue.preview_every == 3

@@ -190,3 +190,12 @@ def test_long_prompt_beyond_75_tokens_changes_the_image(sd1_model):
     a = generate(request(prompt=short), sd1_model).images[0]
     b = generate(request(prompt=long), sd1_model).images[0]
     assert not np.array_equal(pixels(a), pixels(b))
+
+
+def test_inpainting_model_also_does_txt2img_img2img_and_hires(tiny_ckpt, policy):
+    model = load_checkpoint(tiny_ckpt["sd1-inpainting"], policy)
+    assert generate(request(steps=2), model).images[0].size == (64, 64)
+    init = Image.new("RGB", (64, 64), (120, 60, 200))
+    assert generate(request(init_images=[init], steps=2), model).images[0].size == (64, 64)
+    hires = generate(request(steps=2, enable_hr=True, hr_scale=1.5, hr_second_pass_steps=1), model)
+    assert hires.images[0].size == (96, 96)

@@ -1,7 +1,8 @@
 """Browser tests: the real server (UI + API app) on a free loopback port with tiny models, driven by Chromium.
 
-Debian's /usr/bin/chromium is used through Playwright (never a downloaded browser); without it, or without
-playwright, every test here is skipped with the reason. Set ATELIER_UI_SHOTS=<folder> to keep screenshots.
+Debian's /usr/bin/chromium (or ATELIER_CHROMIUM) is used through Playwright, never a downloaded browser;
+without it, or without playwright, the browser tests skip with the reason. ATELIER_UI_SHOTS=<folder> keeps
+screenshots of what the tests saw.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("ATELIER_CHROMIUM", "/usr/bin/chromium"))
 HEADLESS_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Tiny models want small images and few steps: the UI's own defaults file (ui-config.json) sets them.
@@ -53,10 +54,14 @@ class UIServer:
 
 
 @pytest.fixture(scope="session")
-def ui_server(tiny_dir, policy, tmp_path_factory):
+def browser_available() -> None:
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def ui_server(browser_available, tiny_dir, policy, tmp_path_factory):
     import uvicorn
 
     from modules import cmd_args

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import threading
 
-from playwright.sync_api import expect
+import pytest
+from PIL import Image
 
 from modules.infotext import read_image_infotext
 from modules.jobs import JobState
 from modules.request import GenerationRequest
-from PIL import Image
-from tests.browser.conftest import (JOB_TIMEOUT_MS, go_to_tab, open_ui, set_number, shot, wait_for_job)
+from tests.browser.conftest import JOB_TIMEOUT_MS, go_to_tab, open_ui, set_number, shot, wait_for_job
+
+expect = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright").expect
 
 
 def test_typed_prompt_generates_an_image_with_its_infotext(page, ui_server, submitted):

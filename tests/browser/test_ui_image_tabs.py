@@ -1,11 +1,13 @@
 """img2img and Upscale in the browser: send a result on, generate from it, upscale it; a batch over a folder."""
 from __future__ import annotations
 
+import pytest
 from PIL import Image
-from playwright.sync_api import expect
 
 from modules.infotext import read_image_infotext
 from tests.browser.conftest import JOB_TIMEOUT_MS, go_to_tab, shot
+
+expect = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright").expect
 
 
 def test_a_result_goes_on_to_img2img_and_then_to_upscale(page, ui_server, submitted):

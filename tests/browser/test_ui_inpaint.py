@@ -4,11 +4,13 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from PIL import Image, ImageFilter
-from playwright.sync_api import expect
 
 from modules.jobs import JobState
 from tests.browser.conftest import JOB_TIMEOUT_MS, go_to_tab, shot, wait_for_job
+
+expect = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright").expect
 
 SIZE = 128
 STROKE_Y = 64

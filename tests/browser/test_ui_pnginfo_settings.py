@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
-from playwright.sync_api import expect
 
 from modules.jobs import JobState
 from modules.request import GenerationRequest
 from tests.browser.conftest import go_to_tab, number_value, open_ui, set_number, text_value
+
+expect = pytest.importorskip("playwright.sync_api", reason="browser tests need playwright").expect
 
 
 def test_png_info_reads_a_generated_png_and_sends_its_parameters_to_txt2img(page, ui_server, tmp_path):
