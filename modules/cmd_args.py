@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--nowebui", action="store_true", help="serve only the HTTP API")
     server.add_argument("--api-auth", type=api_auth_list, default=None,
                         help="HTTP Basic credentials for every API route: user:password[,user2:password2]")
+    server.add_argument("--gradio-auth", type=api_auth_list, default=None,
+                        help="HTTP Basic credentials for the web UI and its routes: user:password[,user2:password2]")
+    server.add_argument("--auth-file", default=None,
+                        help="a file of user:password lines; they may sign in to both the UI and the API")
     server.add_argument("--api-log", action="store_true", help="log every API request")
     server.add_argument("--cors-allow-origins", default=None,
                         help="comma-separated origins allowed by CORS (no CORS headers unless given)")

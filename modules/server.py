@@ -19,8 +19,9 @@ def create_app(engine: Engine, args: argparse.Namespace) -> FastAPI:
         from modules.api import mount_api
 
         mount_api(app, engine, args)
-    from modules.api.auth import install_cors
+    from modules.api.auth import install_cors, install_ui_auth
 
+    install_ui_auth(app, args)
     install_cors(app, args)  # after the API's auth middleware, so it wraps it and answers preflights
     blocks = None
     if not args.nowebui:

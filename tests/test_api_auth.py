@@ -151,3 +151,36 @@ def test_api_log_writes_one_line_per_request(engine, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "atelier.api"]
     assert any(line.startswith("API GET /sdapi/v1/samplers 200 127.0.0.1") for line in lines), lines
     assert any(line.startswith("API POST /sdapi/v1/txt2img 422") for line in lines), lines
+
+
+def test_gradio_auth_covers_every_ui_route_and_auth_file_covers_both(engine, monkeypatch, tmp_path):
+    import gradio as gr
+    from starlette.routing import Mount
+
+    import modules.ui
+
+    def tiny_ui(engine, args):  # Gradio's own routes are under test, whatever the page holds
+        with gr.Blocks() as blocks:
+            gr.Markdown("ui")
+        return blocks
+
+    monkeypatch.setattr(modules.ui, "build_ui", tiny_ui)
+    users = tmp_path / "users.txt"
+    users.write_text("# studio logins\nfile_user:file:pass\n", encoding="utf-8")
+    with running_server(engine, ["--api", "--gradio-auth", "ui:secret", "--auth-file", str(users)]) as (url, app):
+        from modules.api.auth import is_api_path
+
+        mounted = {concrete(r.path) for m in app.routes if isinstance(m, Mount) for r in m.routes if hasattr(r, "path")}
+        extra = {"/", "/config", "/gradio_api/info", "/file=x", "/internal/ping"}
+        ui_paths = sorted(p for p in mounted | extra if not is_api_path(p))  # the API's own paths win at the top
+        assert len(ui_paths) > 10  # Gradio's queue, upload, file and config routes are all here
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for path in ui_paths:
+                assert call(client, "GET", path) == 401, path
+                assert call(client, "GET", path, auth=("ui", "wrong")) == 401, path
+                assert call(client, "GET", path, auth=("ui", "secret")) != 401, path
+                assert call(client, "GET", path, auth=("file_user", "file:pass")) != 401, path
+            # --auth-file also guards the API; --gradio-auth's users are the UI's only.
+            assert client.get("/sdapi/v1/samplers").status_code == 401
+            assert client.get("/sdapi/v1/samplers", auth=("file_user", "file:pass")).status_code == 200
+            assert client.get("/sdapi/v1/samplers", auth=("ui", "secret")).status_code == 401

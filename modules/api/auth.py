@@ -110,12 +110,32 @@ def _client(scope) -> str:
     return client[0] if client else "-"
 
 
+def file_credentials(args) -> dict[str, str]:
+    """--auth-file: one user:password a line (blank lines and # comments skipped), for the UI and the API."""
+    path = getattr(args, "auth_file", None)
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    return parse_credentials(",".join(lines)) if lines else {}
+
+
 def install(app, args) -> None:
-    credentials = parse_credentials(args.api_auth) if getattr(args, "api_auth", None) else {}
+    shared = file_credentials(args)
+    credentials = {**(parse_credentials(args.api_auth) if getattr(args, "api_auth", None) else {}), **shared}
     protected: Callable[[str], bool] = (lambda path: True) if getattr(args, "nowebui", False) else is_api_path
     if credentials or getattr(args, "api_log", False):
         app.add_middleware(ApiMiddleware, credentials=credentials, protected=protected,
                            api_log=bool(getattr(args, "api_log", False)))
+
+
+def install_ui_auth(app, args) -> None:
+    """--gradio-auth (and --auth-file): the same Basic auth on every path that isn't the API's: the page,
+    Gradio's queue, file, upload and internal routes."""
+    credentials = {**(parse_credentials(args.gradio_auth) if getattr(args, "gradio_auth", None) else {}),
+                   **file_credentials(args)}
+    if credentials and not getattr(args, "nowebui", False):
+        app.add_middleware(ApiMiddleware, credentials=credentials, protected=lambda path: not is_api_path(path))
 
 
 def install_cors(app, args) -> None:
@@ -135,9 +155,10 @@ def listen_warning(args) -> Optional[str]:
     if not getattr(args, "listen", False):
         return None
     open_parts = []
-    if (getattr(args, "api", False) or getattr(args, "nowebui", False)) and not getattr(args, "api_auth", None):
+    if (getattr(args, "api", False) or getattr(args, "nowebui", False)) and not (
+            getattr(args, "api_auth", None) or getattr(args, "auth_file", None)):
         open_parts.append("the HTTP API (add --api-auth user:password)")
-    if not getattr(args, "nowebui", False) and not getattr(args, "gradio_auth", None):
+    if not getattr(args, "nowebui", False) and not (getattr(args, "gradio_auth", None) or getattr(args, "auth_file", None)):
         open_parts.append("the web UI")
     if not open_parts:
         return None
