@@ -14,6 +14,7 @@ import piexif
 import piexif.helper
 from PIL import Image
 
+from modules import extension_callbacks
 from modules.errors import ValidationError
 from modules.request import INPAINTING_FILL, GenerationRequest
 
@@ -180,7 +181,10 @@ def _parse(text: str) -> tuple[dict[str, object], set[str]]:
     res["Sampler"], res["Schedule type"] = split_sampler_name(str(res.get("Sampler", "")), str(res["Schedule type"]))
     if not res["Sampler"]:
         del res["Sampler"]
-    return res, carried
+    # As in A1111, extensions see every pasted infotext (LoRA maps hashes in tags to local files here).
+    before = set(res)
+    extension_callbacks.run_infotext_pasted(text, res)
+    return res, carried | (set(res) - before)
 
 
 def _restore_old_hires_fix(res: dict[str, object]) -> None:

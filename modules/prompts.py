@@ -1,8 +1,8 @@
 """From the request's prompt to each image's prompt: styles, then comments, then wildcards.
 
 `PromptEnvironment` is what a job needs besides the request and the model: the prompt settings, the
-styles database, the wildcards folder, the extra-network registry and (from the textual-inversion
-extension) an embedding lookup. The engine builds one per job with `PromptEnvironment.from_settings`;
+styles database, the wildcards folder, the extra-network registry and optionally a fixed embedding lookup
+(without one, processing asks the providers extensions register for the loaded model: embedding_hooks.py). The engine builds one per job with `PromptEnvironment.from_settings`;
 without one, generation uses the defaults, no styles and no wildcard files.
 """
 from __future__ import annotations

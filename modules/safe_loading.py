@@ -16,7 +16,7 @@ import pickle
 import struct
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -32,13 +32,17 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return read_state_dict(Path(path))
 
 
-def load_pickle(path: Path) -> Any:
-    """The object in a .pt/.bin/.ckpt pickle, loaded with weights_only=True; refused if it needs more."""
+def load_pickle(path: Path, allow: Sequence[type] = ()) -> Any:
+    """The object in a .pt/.bin/.ckpt pickle, loaded with weights_only=True; refused if it needs more.
+
+    `allow` names further torch classes the file may hold (e.g. torch.nn.ParameterDict, which early
+    textual-inversion files used); they are rebuilt from plain values, never from code in the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"file not found: {path}")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).split("\n")[0][:300]
         raise UnsafeFileError(f"{path.name}: refused to load: the pickle needs more than plain tensors and "

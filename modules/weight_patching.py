@@ -9,16 +9,21 @@ Only the weights named are touched, so patching costs as much as the deltas, not
 
 Components are "unet", "text_encoder" (CLIP-L for SD1/SDXL, OpenCLIP for SD2), "text_encoder_2" (SDXL's
 OpenCLIP-G) and "vae"; parameter names are the diffusers/transformers ones (`named_parameters()`).
+
+A delta may be a tensor or a function of no arguments that returns one. A function is called when the weight is
+built (and again if another owner's change rebuilds it), so a LoRA keeps only its small factors in memory and
+never more than one full-size delta exists at a time.
 """
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Union
 
 import torch
 
 WeightKey = tuple[str, str]  # (component, parameter name)
+Delta = Union[torch.Tensor, Callable[[], torch.Tensor]]
 
 
 class WeightPatchError(ValueError):
@@ -38,21 +43,21 @@ class _ModulePatches:
 
     def __init__(self) -> None:
         self.originals: dict[str, torch.Tensor] = {}
-        self.deltas: dict[str, dict[str, torch.Tensor]] = {}  # owner -> parameter name -> delta
+        self.deltas: dict[str, dict[str, Delta]] = {}  # owner -> parameter name -> delta
 
 
 _states: "weakref.WeakKeyDictionary[torch.nn.Module, _ModulePatches]" = weakref.WeakKeyDictionary()
 _lock = threading.RLock()
 
 
-def set_weight_deltas(model: Any, owner: str, deltas: Mapping[WeightKey, torch.Tensor]) -> int:
+def set_weight_deltas(model: Any, owner: str, deltas: Mapping[WeightKey, Delta]) -> int:
     """Make `owner`'s deltas these (replacing what it set before) and update the touched weights.
 
     Returns how many weights changed. Weights that `owner` touched before but not now go back to their
-    original (plus other owners' deltas). Raises WeightPatchError, before changing anything, for an unknown
-    weight or a delta whose number of elements differs from the weight's (a matching count is reshaped)."""
+    original (plus other owners' deltas). An unknown weight, or a delta whose number of elements differs from
+    the weight's (a matching count is reshaped), raises WeightPatchError and leaves every weight as it was."""
     components = model_components(model)
-    by_component: dict[str, dict[str, torch.Tensor]] = {}
+    by_component: dict[str, dict[str, Delta]] = {}
     for (component, name), delta in deltas.items():
         module = components.get(component)
         if module is None:
@@ -60,30 +65,47 @@ def set_weight_deltas(model: Any, owner: str, deltas: Mapping[WeightKey, torch.T
         param = _parameter(module, name)
         if param is None:
             raise WeightPatchError(f"{component} has no weight '{name}'")
-        if delta.numel() != param.numel():
-            raise WeightPatchError(f"{component}.{name}: delta of shape {tuple(delta.shape)} doesn't fit the "
-                                   f"weight's {tuple(param.shape)}")
+        if isinstance(delta, torch.Tensor):
+            _check(component, name, delta, param)
         by_component.setdefault(component, {})[name] = delta
-    changed = 0
     with _lock:
-        for component, module in components.items():
-            new = by_component.get(component, {})
-            state = _states.get(module)
-            if state is None:
-                if not new:
-                    continue
-                state = _states[module] = _ModulePatches()
-            touched = set(state.deltas.get(owner, {})) | set(new)
-            if new:
-                state.deltas[owner] = new
-            else:
-                state.deltas.pop(owner, None)
+        previous = {component: dict(_states[module].deltas.get(owner, {}))
+                    for component, module in components.items() if module in _states}
+        try:
+            return _set(components, owner, by_component)
+        except WeightPatchError:  # a lazy delta of the wrong size: put the owner's previous deltas back
+            _set(components, owner, previous)
+            raise
+
+
+def _set(components: dict[str, torch.nn.Module], owner: str, by_component: dict[str, dict[str, Delta]]) -> int:
+    changed = 0
+    for component, module in components.items():
+        new = by_component.get(component, {})
+        state = _states.get(module)
+        if state is None:
+            if not new:
+                continue
+            state = _states[module] = _ModulePatches()
+        touched = set(state.deltas.get(owner, {})) | set(new)
+        if new:
+            state.deltas[owner] = new
+        else:
+            state.deltas.pop(owner, None)
+        try:
             for name in touched:
-                _apply(module, state, name)
+                _apply(module, state, name, component)
                 changed += 1
+        finally:
             if not state.originals and not state.deltas:
                 _states.pop(module, None)
     return changed
+
+
+def _check(component: str, name: str, delta: torch.Tensor, param: torch.Tensor) -> None:
+    if delta.numel() != param.numel():
+        raise WeightPatchError(f"{component}.{name}: delta of shape {tuple(delta.shape)} doesn't fit the "
+                               f"weight's {tuple(param.shape)}")
 
 
 def clear_weight_deltas(model: Any, owner: str) -> int:
@@ -112,7 +134,7 @@ def _parameter(module: torch.nn.Module, name: str) -> "torch.nn.Parameter | None
     return param
 
 
-def _apply(module: torch.nn.Module, state: _ModulePatches, name: str) -> None:
+def _apply(module: torch.nn.Module, state: _ModulePatches, name: str, component: str) -> None:
     """Set one weight to its original plus the sum of all owners' deltas (or the original itself)."""
     param = _parameter(module, name)
     original = state.originals.get(name, param.data)
@@ -121,10 +143,16 @@ def _apply(module: torch.nn.Module, state: _ModulePatches, name: str) -> None:
         if name in state.originals:
             param.data = state.originals.pop(name)  # the very tensor that was there: exact
         return
-    state.originals[name] = original
-    total = original.float()
+    total: "torch.Tensor | None" = None
     for delta in parts:
-        total = total + delta.to(device=original.device, dtype=torch.float32).reshape(original.shape)
+        value = delta() if callable(delta) else delta
+        _check(component, name, value, original)
+        value = value.to(device=original.device, dtype=torch.float32).reshape(original.shape)
+        total = value if total is None else total + value
     patched = torch.empty_like(original)  # same dtype, device and memory format (channels_last stays)
-    patched.copy_(total)
+    if original.dtype == torch.float32:
+        torch.add(original, total, out=patched)
+    else:
+        patched.copy_(original.float().add_(total))
+    state.originals[name] = original
     param.data = patched

@@ -57,11 +57,10 @@ class HypernetworkModule(torch.nn.Module):
             self.load_state_dict(state)
         except RuntimeError as e:
             raise HypernetworkError(f"weights don't fit the layer structure ({str(e).splitlines()[0]})") from None
-        self.multiplier = 1.0
         self.eval().requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.linear(x) * self.multiplier
+    def forward(self, x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        return x + self.linear(x) * strength
 
 
 def dropout_structure(layer_structure: list, use_dropout: bool, last_layer_dropout: bool) -> list:

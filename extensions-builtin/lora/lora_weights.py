@@ -78,8 +78,8 @@ def ldm_unet_prefixes(config) -> dict[str, str]:
             i = b * per_level + j
             m[f"up_blocks.{b}.resnets.{j}."] = f"output_blocks.{i}.0."
             m[f"up_blocks.{b}.attentions.{j}."] = f"output_blocks.{i}.1."
-        has_attention = "CrossAttn" in config["up_block_types"][b]
-        m[f"up_blocks.{b}.upsamplers.0.conv."] = f"output_blocks.{b * per_level + per_level - 1}.{2 if has_attention else 1}.conv."
+        upsampler = 2 if "CrossAttn" in config["up_block_types"][b] else 1  # after the attention, if any
+        m[f"up_blocks.{b}.upsamplers.0.conv."] = f"output_blocks.{b * per_level + per_level - 1}.{upsampler}.conv."
     return m
 
 
@@ -245,24 +245,27 @@ def module_delta(w: dict[str, torch.Tensor], weight: torch.Tensor,
     return delta * scale, (bias * scale if bias is not None else None)
 
 
+LazyDelta = Callable[[], torch.Tensor]
+
+
 def lora_deltas(tensors: dict[str, torch.Tensor], index: ModuleIndex, te_multiplier: float, unet_multiplier: float,
-                dyn: Optional[int] = None, device: Optional[torch.device] = None
-                ) -> tuple[dict[tuple[str, str], torch.Tensor], DeltaReport]:
-    """{(component, parameter name): delta × multiplier} for one LoRA file, and what didn't fit."""
+                dyn: Optional[int] = None) -> tuple[dict[tuple[str, str], LazyDelta], DeltaReport]:
+    """{(component, parameter name): function computing delta × multiplier} for one LoRA file, and what didn't
+    fit. Shapes are checked here on the meta device (no arithmetic); the deltas are computed, on the weight's
+    device in float32, only when the weight is patched."""
     report = DeltaReport()
-    deltas: dict[tuple[str, str], torch.Tensor] = {}
+    deltas: dict[tuple[str, str], LazyDelta] = {}
     for key, w in group_by_module(tensors).items():
         target = index.get(key)
         if target is None:
             report.unmatched.append(key)
             continue
-        multiplier = te_multiplier if target.is_text_encoder else unet_multiplier
         weight = target.module.weight
-        w32 = {k: v.to(device=device or weight.device, dtype=torch.float32) for k, v in w.items()}
         try:
-            found = module_delta(w32, weight, dyn)
+            shapes = {k: v.to("meta", torch.float32) if v.dim() else v.float() for k, v in w.items()}  # alpha stays
+            found = module_delta(shapes, weight.to("meta"), dyn)
         except (RuntimeError, ValueError, IndexError) as e:  # shapes that don't multiply: another model's file
-            report.wrong_shape.append(f"{key} ({e})")
+            report.wrong_shape.append(f"{key} ({str(e).splitlines()[0][:120]})")
             continue
         if found is None:
             kind = next((name for marker, name in UNSUPPORTED.items() if any(k.startswith(marker) for k in w)),
@@ -274,18 +277,33 @@ def lora_deltas(tensors: dict[str, torch.Tensor], index: ModuleIndex, te_multipl
             report.wrong_shape.append(key)
             continue
         report.matched += 1
+        multiplier = te_multiplier if target.is_text_encoder else unet_multiplier
         if multiplier == 0:
             continue
-        deltas[(target.component, f"{target.module_name}.weight")] = delta.reshape(weight.shape) * multiplier
-        if bias is not None and getattr(target.module, "bias", None) is not None \
-                and bias.numel() == target.module.bias.numel():
-            deltas[(target.component, f"{target.module_name}.bias")] = bias.reshape(-1) * multiplier
+        deltas[(target.component, f"{target.module_name}.weight")] = _lazy(w, weight, dyn, multiplier, 0)
+        module_bias = getattr(target.module, "bias", None)
+        if bias is not None and module_bias is not None and bias.numel() == module_bias.numel():
+            deltas[(target.component, f"{target.module_name}.bias")] = _lazy(w, weight, dyn, multiplier, 1)
     return deltas, report
 
 
+def _lazy(w: dict[str, torch.Tensor], weight: torch.Tensor, dyn: Optional[int], multiplier: float,
+          part: int) -> LazyDelta:
+    def compute() -> torch.Tensor:
+        on_device = {k: v.to(device=weight.device, dtype=torch.float32) for k, v in w.items()}
+        return module_delta(on_device, weight, dyn)[part] * multiplier
+
+    return compute
+
+
 def add_deltas(total: dict, more: dict) -> None:
+    """Several LoRAs on one weight: their deltas add up (still computed only when needed)."""
     for key, delta in more.items():
-        total[key] = total[key] + delta if key in total else delta
+        if key in total:
+            first = total[key]
+            total[key] = lambda first=first, delta=delta: first() + delta()
+        else:
+            total[key] = delta
 
 
 _TAG = re.compile(r"<lora:([^:>]+)(:[^>]*)?>")

@@ -71,7 +71,7 @@ def read_embedding(path: Path) -> EmbeddingFile:
     if path.suffix.lower() == ".safetensors":
         data: Any = api.load_tensors(path)
     else:
-        data = api.load_pickle(path)
+        data = api.load_pickle(path, allow=(torch.nn.ParameterDict,))  # early TI files kept one
     if not isinstance(data, dict) or not data:
         raise EmbeddingFormatError(f"{path.name} is not an embedding (no tensors in it)")
     extra: dict[str, Any] = {}
@@ -150,7 +150,8 @@ class EmbeddingLibrary:
                     continue
                 previous = old.get(path)
                 try:
-                    loaded = previous if previous is not None and previous.stamp == (size, mtime) else read_embedding(path)
+                    unchanged = previous is not None and previous.stamp == (size, mtime)
+                    loaded = previous if unchanged else read_embedding(path)
                 except Exception as e:  # reported per file; the others still load
                     failed[path.name] = str(e)
                     log.warning("embedding %s can't be used: %s", path.name, e)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+from modules import extension_lists
+
 log = logging.getLogger(__name__)
 
 EMPTY: dict[str, Callable[[], Any]] = {
@@ -80,12 +82,15 @@ _providers.update({"prompt-styles": _prompt_styles, "realesrgan-models": _reales
 
 def get(name: str, engine: Any) -> Any:
     provider = _providers.get(name)
-    if provider is None:
-        return EMPTY[name]()
-    return provider(engine)
+    if provider is not None:
+        return provider(engine)
+    served = extension_lists.provider(name)  # lists that extensions serve (LoRA, embeddings, hypernetworks)
+    return served() if served is not None else EMPTY[name]()
 
 
 def refresh(name: str, engine: Any) -> None:
     refresher = _refreshers.get(name)
     if refresher is not None:
         refresher(engine)
+    else:
+        extension_lists.refresh_list(name)
