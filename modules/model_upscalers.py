@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import re
 import threading
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import devices, upscaling
+from modules import devices, safe_loading, upscaling
 from modules.devices import DevicePolicy
-from modules.errors import CheckpointError, UnsafeFileError
+from modules.errors import CheckpointError
 from modules.model_files import scan
 from modules.model_loading import read_state_dict
 from modules.paths import Paths
@@ -81,16 +80,7 @@ def read_upscaler_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return canonicalize_state_dict(read_state_dict(path))
     # A pickle: weights_only, as read_state_dict does, but keep the nesting spandrel knows how to unwrap
     # (read_state_dict flattens to top-level tensors, and Real-ESRGAN files keep theirs under "params_ema").
-    if not path.is_file():
-        raise CheckpointError(f"upscaler file not found: {path}")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).split("\n")[0][:300]
-        raise UnsafeFileError(f"{path.name}: refused to load: the pickle needs more than plain tensors ({reason}). "
-                              f"Convert it to .safetensors with a trusted tool.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path.name}: cannot read upscaler model ({str(e).splitlines()[0][:200]})") from None
+    data = safe_loading.load_pickle(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path.name}: the file holds no state dict")
     return canonicalize_state_dict(data)

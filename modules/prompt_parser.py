@@ -253,7 +253,7 @@ def parse_prompt_edits(text: str) -> list[Node]:
     try:
         return _Parser(text).top()
     except RecursionError:
-        raise PromptSyntaxError(f"brackets nest too deeply to read") from None
+        raise PromptSyntaxError("brackets nest too deeply to read") from None
 
 
 def _edit_step(edit: Edit, steps: int, base_steps: Optional[int]) -> int:
