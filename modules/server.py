@@ -19,9 +19,10 @@ def create_app(engine: Engine, args: argparse.Namespace) -> FastAPI:
         from modules.api import mount_api
 
         mount_api(app, engine, args)
-    from modules.api.auth import install_cors, install_ui_auth
+    from modules.api.auth import install_cors, install_origin_check, install_ui_auth
 
     install_ui_auth(app, args)
+    install_origin_check(app, args)
     install_cors(app, args)  # after the API's auth middleware, so it wraps it and answers preflights
     blocks = None
     if not args.nowebui:

@@ -184,3 +184,18 @@ def test_gradio_auth_covers_every_ui_route_and_auth_file_covers_both(engine, mon
             assert client.get("/sdapi/v1/samplers").status_code == 401
             assert client.get("/sdapi/v1/samplers", auth=("file_user", "file:pass")).status_code == 200
             assert client.get("/sdapi/v1/samplers", auth=("ui", "secret")).status_code == 401
+
+
+def test_cross_site_posts_from_browsers_are_refused(engine):
+    with running_server(engine, ["--nowebui", "--cors-allow-origins", "http://studio.local:3000"]) as (url, _):
+        host = url.split("://", 1)[1]
+        with httpx.Client(base_url=url, timeout=60) as client:
+            body = {"prompt": "x", "steps": 1, "width": 64, "height": 64}
+            evil = client.post("/sdapi/v1/interrupt", headers={"Origin": "http://evil.example"})
+            assert evil.status_code == 403 and "evil.example" in evil.json()["detail"]
+            assert client.post("/sdapi/v1/options", json={}, headers={"Origin": "http://evil.example"}).status_code == 403
+            assert client.post("/sdapi/v1/interrupt", headers={"Origin": f"http://{host}"}).status_code == 200
+            assert client.post("/sdapi/v1/interrupt", headers={"Origin": "http://studio.local:3000"}).status_code == 200
+            assert client.post("/sdapi/v1/interrupt").status_code == 200  # scripts send no Origin
+            assert client.get("/sdapi/v1/samplers", headers={"Origin": "http://evil.example"}).status_code == 200
+            assert client.post("/sdapi/v1/txt2img", json=body, headers={"Origin": "http://evil.example"}).status_code == 403

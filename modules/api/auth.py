@@ -164,3 +164,42 @@ def listen_warning(args) -> Optional[str]:
         return None
     return ("WARNING: --listen serves " + " and ".join(open_parts) + " to every machine on the network "
             "WITHOUT A PASSWORD. Anyone who can reach this port can generate, change settings and read outputs.")
+
+
+class OriginCheckMiddleware:
+    """CSRF guard: a state-changing request that a browser sends from another site is refused.
+
+    Browsers always send `Origin` on cross-site POSTs; scripts and curl usually send none, and are let through
+    (they are covered by auth). Same-origin pages and origins allowed by --cors-allow-origins pass."""
+
+    UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+    def __init__(self, app, allowed: list[str], allowed_regex: Optional[str] = None):
+        import re
+
+        self.app, self.allowed = app, {o.rstrip("/") for o in allowed}
+        self.allowed_regex = re.compile(allowed_regex) if allowed_regex else None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("method") in self.UNSAFE:
+            headers = dict(scope.get("headers", ()))
+            origin = headers.get(b"origin", b"").decode("latin-1").rstrip("/")
+            host = headers.get(b"host", b"").decode("latin-1")
+            if origin and origin != "null" and not self._allowed(origin, host):
+                payload = json.dumps({"error": "Forbidden", "detail": f"cross-site request from {origin} refused"})
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": payload.encode()})
+                return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, origin: str, host: str) -> bool:
+        if origin.split("://", 1)[-1] == host:
+            return True
+        return origin in self.allowed or bool(self.allowed_regex and self.allowed_regex.fullmatch(origin))
+
+
+def install_origin_check(app, args) -> None:
+    origins = [o.strip() for o in (getattr(args, "cors_allow_origins", None) or "").split(",") if o.strip()]
+    app.add_middleware(OriginCheckMiddleware, allowed=origins,
+                       allowed_regex=getattr(args, "cors_allow_origins_regex", None))
