@@ -23,10 +23,10 @@ def ctx(tmp_path_factory, policy):
 
 
 def test_merge_writes_the_file_and_lists_it(ctx):
-    assert merger_tab.checkpoint_names(ctx) == ["a", "b", "xl"]
+    assert merger_tab.checkpoint_names(ctx) == ["a.safetensors", "b.safetensors", "xl.safetensors"]
     message = merger_tab.run_merge(ctx, "a", "b", None, "Weighted sum", 0.5, "fp32", "half", "None", "")
     assert "Saved" in message and "half.safetensors" in message and "atelier-error" not in message
-    assert "half" in merger_tab.checkpoint_names(ctx)
+    assert "half.safetensors" in merger_tab.checkpoint_names(ctx)
     assert ctx.engine.models.checkpoints.find("half") is not None
 
 

@@ -9,7 +9,8 @@ import gradio as gr
 from PIL import Image
 
 from modules.engine import Engine
-from modules.ui import img2img, inpaint, pnginfo, quicksettings, settings_tab, txt2img, upscale
+from modules.extension_callbacks import run_ui_tabs
+from modules.ui import extensions_tab, img2img, merger_tab, inpaint, pnginfo, quicksettings, settings_tab, txt2img, upscale
 from modules.ui.common import UIConfig, UIContext
 from modules.ui.outputs import selected_item
 from modules.ui.paste import SendTo
@@ -29,10 +30,11 @@ def head_html() -> str:
 def build_ui(engine: Engine, args: argparse.Namespace) -> gr.Blocks:
     ctx = UIContext(engine, args, UIConfig(engine.paths.data_dir / "ui-config.json"),
                     styles=StyleStore(engine.paths.styles_file))
+    extension_tabs = run_ui_tabs()  # each callback builds its own Blocks, outside ours
     with gr.Blocks(title="Atelier", analytics_enabled=False, fill_width=True) as blocks:
         ctx.blocks = blocks
         gr.HTML("", head=head_html(), elem_id="atelier_head", padding=False)
-        quicksettings.build(ctx)
+        quick = quicksettings.build(ctx)
         with gr.Tabs(elem_id="tabs") as ctx.tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 t2i = txt2img.build(ctx)
@@ -44,11 +46,13 @@ def build_ui(engine: Engine, args: argparse.Namespace) -> gr.Blocks:
                 ups = upscale.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build(ctx)
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                merger_tab.build(ctx, quick.checkpoint)
+            extensions_tab.render_extension_tabs(extension_tabs)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_tab.build(ctx)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
-                gr.Markdown("Extensions will be listed here. Built-in features (LoRA, textual inversion, "
-                            "ControlNet, …) are in `extensions-builtin/`; user extensions go in `extensions/`.")
+                extensions_tab.build(ctx)
         _wire_send_to(ctx, t2i, i2i, inp, ups, png)
         _wire_page_load(ctx)
     ctx.ui_config.write_missing()

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Optional
 import gradio as gr
 from PIL import Image
 
+from modules import builtin_scripts
 from modules.jobs import JobState
 from modules.ui.common import note_html, user_message
 from modules.ui.outputs import save_named, show_images
@@ -85,6 +86,8 @@ def run(it, view, data: dict) -> Iterator[dict]:
             mask_path = find_mask(mask_dir, path)
             fields = {"init_images": [image], "mask": Image.open(mask_path) if mask_path else None}
             request = it.request(data, fields)
+            if request.script_name and request.script_name.lower() in builtin_scripts.list_scripts()["img2img"]:
+                raise ValueError(f"the {request.script_name} script doesn't run on a Batch folder; choose None")
             request.do_not_save_samples = output_dir is not None
             job = view.submit(request)
         except Exception as e:

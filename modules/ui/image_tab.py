@@ -13,6 +13,7 @@ from PIL import Image
 
 from modules.errors import ValidationError
 from modules.request import RESIZE_MODES, GenerationRequest
+from modules.ui import extra_networks_ui
 from modules.ui import params as P
 from modules.ui.common import UIContext, to_float, to_size
 from modules.ui.outputs import OutputPanel, build_output_panel
@@ -99,6 +100,7 @@ def build_image_tab(ctx: UIContext, tab: str, build_inputs: Callable[[ImageTab],
                     build_controls: Optional[Callable[[ImageTab], None]] = None) -> ImageTab:
     it = ImageTab(ctx, tab)
     it.toprow = build_toprow(ctx, tab)
+    extra_networks_ui.build(ctx, tab, it.toprow.prompt)
     it.params = p = P.Params(tab)
     it.mode, it.resize_by, it.image_size = gr.State(""), gr.State(False), gr.State(None)
     with gr.Row(equal_height=False):

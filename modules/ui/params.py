@@ -43,12 +43,14 @@ class Params:
     seed_resize_h: Any = None
     overrides: Any = None
     script: Any = None
+    scripts: Any = None  # scripts_ui.ScriptsUI: the Script dropdown, its controls, the always-on scripts
 
     @property
     def inputs(self) -> set:
         names = ("sampler", "scheduler", "steps", "width", "height", "batch_count", "batch_size", "cfg", "seed",
                  "extra", "subseed", "subseed_strength", "seed_resize_w", "seed_resize_h", "overrides", "script")
-        return {getattr(self, n) for n in names if getattr(self, n) is not None}
+        found = {getattr(self, n) for n in names if getattr(self, n) is not None}
+        return found | (self.scripts.inputs if self.scripts is not None else set())
 
     def request_fields(self, ctx: UIContext, data: dict) -> dict[str, Any]:
         extra = bool(data[self.extra])
@@ -67,6 +69,8 @@ class Params:
         }
         if self.width is not None:
             fields["width"], fields["height"] = to_size(data[self.width]), to_size(data[self.height])
+        if self.scripts is not None:
+            fields.update(self.scripts.request_fields(data))
         return fields
 
     def paste(self, ctx: UIContext, req: GenerationRequest, carried: set[str]) -> dict[Any, Any]:
@@ -212,6 +216,7 @@ def build_seed(ctx: UIContext, tab: str, p: Params) -> None:
 def build_overrides_and_script(ctx: UIContext, tab: str, p: Params) -> None:
     p.overrides = gr.Dropdown(choices=[], value=[], multiselect=True, label="Override settings", visible=False,
                               elem_id=f"{tab}_override_settings", allow_custom_value=True)
-    p.script = gr.Dropdown(choices=["None"], value="None", label="Script", elem_id=f"{tab}_script")
-    # Always-on scripts and extensions add their accordions here (none are installed yet).
-    gr.Column(elem_id=f"{tab}_script_container", elem_classes=["script-container"])
+    from modules.ui import scripts_ui
+
+    p.scripts = scripts_ui.build(ctx, tab, is_img2img=tab != "txt2img")
+    p.script = p.scripts.dropdown

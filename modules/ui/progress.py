@@ -109,8 +109,15 @@ class JobView:
     def run_single(self, build_request: Callable[[dict], Any]) -> Callable[[dict], Iterator[dict]]:
         """A generate handler for one request built from the form."""
         def run(data: dict) -> Iterator[dict]:
+            from modules.ui import scripts_ui
+
             try:
-                job = self.submit(build_request(data))
+                request = build_request(data)
+                if scripts_ui.is_builtin(request):  # it queues its own jobs: run it here, never on the worker
+                    request.validate()
+                    yield from scripts_ui.run_builtin(self, request)
+                    return
+                job = self.submit(request)
             except Exception as e:  # bad input: say what is wrong, leave the tab usable
                 yield self.error(user_message(e))
                 return

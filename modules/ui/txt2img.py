@@ -9,6 +9,7 @@ import gradio as gr
 from modules import upscaling
 from modules.processing import LATENT_UPSCALE_MODES, hires_size
 from modules.request import MAX_STEPS, GenerationRequest
+from modules.ui import extra_networks_ui
 from modules.ui import params as P
 from modules.ui.common import UIContext, esc, to_float, to_int, to_size
 from modules.ui.outputs import OutputPanel, build_output_panel
@@ -100,6 +101,7 @@ def wire_hires_info(hires: Hires, p: P.Params) -> None:
 
 def build(ctx: UIContext) -> Txt2ImgTab:
     toprow = build_toprow(ctx, TAB)
+    extra_networks_ui.build(ctx, TAB, toprow.prompt)
     p = P.Params(TAB)
     with gr.Row(elem_id=f"{TAB}_extra_networks_and_settings", equal_height=False):
         with gr.Column(scale=5, elem_id=f"{TAB}_settings", elem_classes=["settings-column"]):

@@ -105,7 +105,8 @@ def test_queue_position_then_interrupt_after_a_page_reload(page, ui_server):
 def test_every_tab_renders_from_the_server_alone(page):
     landmarks = {"txt2img": "#txt2img_gallery", "img2img": "#img2img_image", "inpaint": "#inpaint_editor canvas",
                  "extras": "#extras_upscaler_1", "pnginfo": "#pnginfo_image", "settings": "#settings_submit",
-                 "extensions": "#tab_extensions p"}
+                 "extensions": "#extensions_table table",
+                 "modelmerger": "#modelmerger_merge"}
     for tab, landmark in landmarks.items():
         go_to_tab(page, tab)
         expect(page.locator(landmark).first).to_be_visible()

@@ -119,3 +119,34 @@ def test_a_script_whose_ui_fails_is_listed_without_controls():
     ui, _ = build()
     assert ui.selectable["Broken"].components == []
     assert ui.request_fields(values(ui, "Broken"))["script_args"] == []
+
+
+def test_loaded_extensions_always_on_ui_drives_the_job_and_their_tabs_render(tiny_dir, policy, tmp_path):
+    import argparse
+
+    from modules.ui.app import build_ui
+    from tests.extension_helpers import A1111_EXTENSIONS, EXAMPLE_EXTENSION, close, load_from, make_engine
+    from tests.extension_helpers import request as base_request
+
+    engine = make_engine(tiny_dir, policy, tmp_path)
+    try:
+        load_from(engine, tmp_path, A1111_EXTENSIONS / "prompt-suffix", A1111_EXTENSIONS / "hello-tab",
+                  EXAMPLE_EXTENSION)
+        ctx = SimpleNamespace(engine=engine)
+        with gr.Blocks():
+            ui = scripts_ui.build(ctx, "txt2img", False)
+        assert sorted(s.title() for s, _ in ui.alwayson) == ["Infotext note", "Prompt suffix"]
+        data = values(ui, "None", Suffix=", in the rain", Note="from the UI")
+        fields = ui.request_fields(data)
+        assert fields["alwayson_scripts"] == {"Prompt suffix": {"args": [True, ", in the rain"]},
+                                              "Infotext note": {"args": ["from the UI"]}}
+        job = engine.generate(base_request(**fields), timeout=120)
+        assert job.error is None, job.error
+        text = job.result.infotexts[0]
+        assert text.startswith("a lighthouse, in the rain") and "Note: from the UI" in text
+
+        blocks = build_ui(engine, argparse.Namespace(listen=False))
+        ids = {getattr(b, "elem_id", None) for b in blocks.blocks.values()}
+        assert {"tab_hello_tab", "hello_tab_text", "txt2img_script_prompt_suffix_suffix"} <= ids
+    finally:
+        close(engine)
