@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         unload_extensions(engine)
         engine.shutdown()
         return 0
-    from modules.server import serve
+    from modules.api.server import serve
 
     try:
         serve(engine, args)

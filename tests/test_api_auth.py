@@ -12,7 +12,7 @@ from starlette.routing import Mount
 
 from modules import cmd_args
 from modules.api.auth import check_basic, listen_warning, parse_credentials
-from modules.server import create_app
+from modules.api.server import create_app
 from tests.test_api_helpers import make_engine, running_server
 
 GOOD, OTHER = ("alice", "s3cret:with:colons"), ("bob", "pässword")

@@ -19,7 +19,7 @@ from PIL import Image
 from modules import cmd_args
 from modules.engine import Engine
 from modules.paths import Paths
-from modules.server import create_app
+from modules.api.server import create_app
 from modules.settings import Settings
 
 TINY = dict(width=64, height=64, steps=1)

@@ -11,6 +11,7 @@ A thin adapter: bodies become GenerationRequests, which go through the engine's 
     images.py      base64 <-> PIL               lists.py    lists that features fill in later (LoRA, ...)
     extensions_api.py  /atelier/v1/extensions: install, enable/disable, update, uninstall
     merge_api.py   /atelier/v1/merge: the checkpoint merger
+    server.py      the one app for UI + API (auth, CSRF, CORS middleware), served by uvicorn
 """
 from __future__ import annotations
 

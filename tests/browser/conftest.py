@@ -67,7 +67,7 @@ def ui_server(browser_available, tiny_dir, policy, tmp_path_factory):
     from modules import cmd_args
     from modules.engine import Engine
     from modules.paths import Paths
-    from modules.server import create_app
+    from modules.api.server import create_app
     from modules.settings import Settings
 
     data = tmp_path_factory.mktemp("ui-data")
