@@ -25,6 +25,7 @@ Extra networks (`<kind:args>` prompt tags)
 Changing the model during a job (since 1.1; see docs/extensions.md, "Model patches")
     set_weight_deltas(model, owner, {(component, param): delta}), clear_weight_deltas(model, owner),
     model_components(model), patched_weights(model)          add deltas to weights, restore them exactly
+    ldm_unet_prefixes(unet_config)     diffusers UNet module names -> A1111 checkpoint (LDM) names
     set_attention_kv_hook(model, owner, fn(context, "k"|"v", AttentionLayer)), AttentionLayer
                                                              change what attention keys/values read
 Textual-inversion embeddings (since 1.1)
@@ -63,6 +64,7 @@ from modules import extra_networks as _extra_networks
 from modules.attention_hooks import AttentionLayer, set_attention_kv_hook
 from modules.embedding_hooks import EmbeddingTarget
 from modules.errors import UnsafeFileError
+from modules.ldm_names import ldm_unet_prefixes
 from modules.extra_networks import ExtraNetworkContext, ExtraNetworkHandler, ExtraNetworkParams, parse_extra_networks
 from modules.processing_context import ModelInfo, ProcessingContext, Processed
 from modules.safe_loading import addnet_hash, load_pickle, load_tensors, read_safetensors_metadata, sha256_file
@@ -205,6 +207,7 @@ __all__ = [
     "Option", "setting", "register_settings", "register_option", "get_setting", "extension_dir",
     # 1.1
     "set_weight_deltas", "clear_weight_deltas", "model_components", "patched_weights", "WeightPatchError",
+    "ldm_unet_prefixes",
     "set_attention_kv_hook", "AttentionLayer",
     "register_embedding_provider", "Embedding", "EmbeddingTable", "EmbeddingLookup", "EmbeddingTarget",
     "current_embedding_target",

@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 import torch
 
+from modules.extension_api import ldm_unet_prefixes
+
 # diffusers/PEFT key endings → kohya suffixes
 _DOTTED_SUFFIXES = {
     "lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight",
@@ -56,32 +58,6 @@ class DeltaReport:
 
 
 # ------------------------------------------------------------------------------------------ module names
-
-def ldm_unet_prefixes(config) -> dict[str, str]:
-    """diffusers UNet module prefix → LDM (A1111 checkpoint) prefix, each ending in "."."""
-    per_level = config["layers_per_block"] + 1
-    levels = len(config["block_out_channels"])
-    m = {
-        "conv_in.": "input_blocks.0.0.", "conv_out.": "out.2.", "conv_norm_out.": "out.0.",
-        "time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
-        "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2.",
-        "mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1.",
-        "mid_block.resnets.1.": "middle_block.2.",
-    }
-    for b in range(levels):
-        for j in range(per_level - 1):
-            i = 1 + b * per_level + j
-            m[f"down_blocks.{b}.resnets.{j}."] = f"input_blocks.{i}.0."
-            m[f"down_blocks.{b}.attentions.{j}."] = f"input_blocks.{i}.1."
-        m[f"down_blocks.{b}.downsamplers.0.conv."] = f"input_blocks.{(b + 1) * per_level}.0.op."
-        for j in range(per_level):
-            i = b * per_level + j
-            m[f"up_blocks.{b}.resnets.{j}."] = f"output_blocks.{i}.0."
-            m[f"up_blocks.{b}.attentions.{j}."] = f"output_blocks.{i}.1."
-        upsampler = 2 if "CrossAttn" in config["up_block_types"][b] else 1  # after the attention, if any
-        m[f"up_blocks.{b}.upsamplers.0.conv."] = f"output_blocks.{b * per_level + per_level - 1}.{upsampler}.conv."
-    return m
-
 
 def ldm_unet_name(name: str, prefixes: dict[str, str]) -> Optional[str]:
     """The LDM name of a diffusers UNet module ("down_blocks.0.resnets.0.conv1" → "input_blocks.1.0.in_layers.2")."""
