@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import torch
 
 from modules.errors import CheckpointError, ValidationError
-from modules.model_loading import (SAFETENSORS_DTYPES, read_state_dict, validate_safetensors_header)
+from modules.safe_loading import SAFETENSORS_DTYPES, read_state_dict, validate_safetensors_header
 
 if TYPE_CHECKING:
     from modules.model_manager import ModelManager

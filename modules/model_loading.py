@@ -7,8 +7,6 @@ with diffusers component configs, which is how tiny test models and custom shape
 from __future__ import annotations
 
 import json
-import pickle
-import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -23,17 +21,15 @@ from diffusers.loaders import single_file_utils as sfu
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from modules.devices import DevicePolicy
-from modules.errors import CheckpointError, UnsafeFileError
+from modules.errors import CheckpointError
 from modules.model_family import ModelFamily, detect_model_family
 from modules.paths import CONFIGS_DIR, TOKENIZER_DIR
+from modules.safe_loading import read_state_dict
 
 # Our loader casts and places modules on purpose; the libraries' advice about it is noise in our logs.
 diffusers.utils.logging.set_verbosity_error()
 transformers.utils.logging.set_verbosity_error()
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
-SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                           "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 OPENCLIP_PREFIX = {"sd2": "cond_stage_model.model.", "sd2-v": "cond_stage_model.model.",
                    "sdxl": "conditioner.embedders.1.model."}
 
@@ -60,119 +56,6 @@ class LoadedModel:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-def validate_safetensors_header(path: Path) -> dict:
-    """Check the header before anything maps the file: a huge, lying or truncated header is an error."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{path.name}: file is too short to be safetensors ({size} bytes)")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > MAX_HEADER_BYTES or header_len > size - 8:
-            raise CheckpointError(f"{path.name}: safetensors header claims {header_len} bytes; the file has {size}")
-        try:
-            header = json.loads(f.read(header_len))
-        except ValueError as e:
-            raise CheckpointError(f"{path.name}: safetensors header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name}: safetensors header is not a JSON object")
-    data_size = size - 8 - header_len
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = info["data_offsets"]
-            count = 1
-            for dim in info["shape"]:
-                count *= int(dim)
-            expected = count * SAFETENSORS_DTYPE_BYTES.get(info["dtype"], 0)
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path.name}: tensor '{name}' has a malformed header entry") from None
-        if not 0 <= start <= end <= data_size:
-            raise CheckpointError(f"{path.name}: tensor '{name}' lies outside the file (truncated or corrupt)")
-        if expected and end - start != expected:
-            raise CheckpointError(f"{path.name}: tensor '{name}' size disagrees with its shape (corrupt file)")
-    return header
-
-
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                      "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-SKIPPED_PREFIXES = ("model_ema.",)  # EMA copies are never used for inference; don't even read them
-
-
-def read_safetensors(path: Path, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
-    """Read each tensor into its own buffer and cast it to `dtype` there.
-
-    safetensors' own loader maps the file lazily and a dtype change then allocates a second full copy;
-    reading tensor by tensor and converting fp16↔bf16 in place halves the memory traffic, and skipping
-    EMA keys never reads them at all.
-    """
-    header = validate_safetensors_header(path)
-    base = 8 + struct.unpack("<Q", path.open("rb").read(8))[0]
-    tensors: dict[str, torch.Tensor] = {}
-    with open(path, "rb", buffering=0) as f:
-        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0] if kv[0] != "__metadata__" else -1):
-            if name == "__metadata__" or name.startswith(SKIPPED_PREFIXES):
-                continue
-            stored = SAFETENSORS_DTYPES.get(info["dtype"])
-            if stored is None:
-                raise CheckpointError(f"{path.name}: tensor '{name}' has unsupported dtype {info['dtype']}")
-            start, end = info["data_offsets"]
-            tensor = torch.empty(info["shape"], dtype=stored)
-            raw = tensor.reshape(-1).view(torch.uint8).numpy()
-            f.seek(base + start)
-            if f.readinto(memoryview(raw)) != end - start:
-                raise CheckpointError(f"{path.name}: tensor '{name}' is cut short (truncated file)")
-            tensors[name] = _cast(tensor, dtype)
-    return tensors
-
-
-def _cast(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
-    if dtype is None or tensor.dtype == dtype or not tensor.is_floating_point():
-        return tensor
-    if tensor.element_size() == dtype.itemsize:  # fp16 <-> bf16: same size, convert where it lies
-        converted = tensor.view(dtype)
-        converted.copy_(tensor)
-        return converted
-    return tensor.to(dtype)
-
-
-def read_state_dict(path: Path, dtype: Optional[torch.dtype] = None) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file, or from a pickle loaded with weights_only=True (anything else refused).
-
-    Floating-point tensors are cast to `dtype` when given.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.suffix.lower() == ".safetensors":
-        try:
-            return read_safetensors(path, dtype)
-        except OSError as e:
-            raise CheckpointError(f"{path.name}: cannot read safetensors file ({e})") from None
-    try:
-        try:
-            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            data = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy non-zip pickle
-    except pickle.UnpicklingError as e:
-        reason = str(e).split("\n")[0][:300]
-        raise UnsafeFileError(f"{path.name}: refused to load: the pickle needs more than plain tensors "
-                              f"({reason}). Convert it to .safetensors with a trusted tool.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path.name}: cannot read checkpoint ({e})") from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path.name}: the file holds no state dict")
-    # Out of place: tensors in a pickle may share one storage, so converting one in place would change another.
-    return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in data.items()
-            if isinstance(v, torch.Tensor) and not k.startswith(SKIPPED_PREFIXES)}
 
 
 @lru_cache(maxsize=1)

@@ -31,7 +31,7 @@ from modules import devices, safe_loading, upscaling
 from modules.devices import DevicePolicy
 from modules.errors import CheckpointError
 from modules.model_files import scan
-from modules.model_loading import read_state_dict
+from modules.safe_loading import read_state_dict
 from modules.paths import Paths
 from modules.settings import Settings
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modules import extension_callbacks, extension_lists, extra_network_cards, extra_networks
+from modules import extension_lists, extra_network_cards, extra_networks
 from modules.extensions import BUILTIN_DIR
 from modules.infotext import parse_infotext, request_from_infotext
 from modules.weight_patching import patched_weights

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 from modules.errors import CheckpointError, UnsafeFileError, ValidationError
 from modules.model_family import detect_model_family
 from modules.model_files import HashCache, checkpoint_list
-from modules.model_loading import load_checkpoint, read_state_dict
+from modules.model_loading import load_checkpoint
+from modules.safe_loading import read_state_dict
 from modules.model_manager import ModelManager
 from modules.paths import Paths
 from modules.processing import generate
