@@ -16,7 +16,10 @@ Callbacks (register at import time; each is called with A1111's arguments)
     on_model_loaded(fn(model_info))
     on_before_image_saved(fn(ImageSaveParams)), on_image_saved(fn(ImageSaveParams))
     on_cfg_denoiser(fn(CFGDenoiserParams)), on_cfg_denoised(fn(CFGDenoisedParams))   each denoise step
-    add_denoise_hook(point, fn(DenoiseState))   any of HOOK_POINTS, with the loop's full state
+    add_denoise_hook(point, fn(DenoiseState))   any of HOOK_POINTS, with the loop's full state, every job
+    p.add_denoise_hook(point, fn)      the same for one job only (from a script's process(); since 1.2)
+    DenoiseState.residual_providers    fn(UNetCall) -> extra UNet kwargs (ControlNet residuals), summed across
+                                       providers; append in a cfg_denoiser hook (since 1.2)
     on_infotext_pasted(fn(infotext, params)), on_script_unloaded(fn())
 Extra networks (`<kind:args>` prompt tags)
     register_extra_network(kind, handler), ExtraNetworkHandler, ExtraNetworkParams, ExtraNetworkContext,
@@ -68,7 +71,7 @@ from modules.ldm_names import ldm_unet_prefixes
 from modules.extra_networks import ExtraNetworkContext, ExtraNetworkHandler, ExtraNetworkParams, parse_extra_networks
 from modules.processing_context import ModelInfo, ProcessingContext, Processed
 from modules.safe_loading import addnet_hash, load_pickle, load_tensors, read_safetensors_metadata, sha256_file
-from modules.sampling import HOOK_POINTS, DenoiseState
+from modules.sampling import HOOK_POINTS, DenoiseState, UNetCall
 from modules.script_processing import process_images
 from modules.scripting import AlwaysVisible, PostprocessImageArgs, Script, ScriptArg, ScriptError
 from modules.settings import OPTIONS, Option
@@ -76,7 +79,7 @@ from modules.text_encoding import Embedding, EmbeddingLookup, EmbeddingTable
 from modules.weight_patching import WeightPatchError, clear_weight_deltas, model_components, patched_weights, \
     set_weight_deltas
 
-API_VERSION = "1.1"
+API_VERSION = "1.2"
 
 # Which extension declared each setting (the Settings tab can say so).
 setting_owners: dict[str, str] = {}
@@ -213,4 +216,6 @@ __all__ = [
     "current_embedding_target",
     "model_dir", "vae_files", "ModelFileInfo", "current_model", "load_tensors", "load_pickle",
     "read_safetensors_metadata", "sha256_file", "addnet_hash", "UnsafeFileError", "register_api_list",
+    # 1.2
+    "UNetCall",
 ]

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from modules import noise
 from modules.request import GenerationRequest
@@ -17,6 +17,7 @@ from modules.request import GenerationRequest
 if TYPE_CHECKING:
     from modules.model_files import ModelFile
     from modules.model_loading import LoadedModel
+    from modules.sampling import DenoiseState
     from modules.scripting import JobScripts
 
 # A1111 attribute -> GenerationRequest field (the same name unless noted).
@@ -125,6 +126,7 @@ class ProcessingContext:
         self.job_timestamp = ""
         self.main_prompt = request.prompt
         self.main_negative_prompt = request.negative_prompt
+        self._add_denoise_hook: Optional[Callable[[str, Callable], None]] = None  # set by the job running p
         for key, value in kwargs.items():  # A1111 constructor keywords; unknown ones are kept as attributes
             setattr(self, ALIASES.get(key, key), value)
 
@@ -143,6 +145,13 @@ class ProcessingContext:
             if isinstance(values[name], list):  # A1111 allows lists of prompts and seeds
                 values[name] = values[name][0] if values[name] else empty
         return self.request.copy(**values)
+
+    def add_denoise_hook(self, point: str, fn: Callable[["DenoiseState"], None]) -> None:
+        """A denoise-loop hook for this job only (any of sampling.HOOK_POINTS); gone when the job ends.
+        Call it from a script's process() or process_batch()."""
+        if self._add_denoise_hook is None:
+            raise RuntimeError("add_denoise_hook: this processing object is not running in a job")
+        self._add_denoise_hook(point, fn)
 
     @property
     def is_img2img(self) -> bool:

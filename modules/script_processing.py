@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from modules.processing import FinishedImage, GenerationResult, generate
 from modules.processing_context import ModelInfo, ProcessingContext, Processed
 from modules.prompts import prepare_prompts
 from modules.request import GenerationRequest
+from modules.sampling import DenoiseState
 from modules.scripting import JobScripts, PostprocessImageArgs, ScriptError
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class ScriptedJob:
         p = ProcessingContext.from_request(self.job.request)
         p.scripts, p.script_args = self.scripts, list(self.scripts.script_args)
         p.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+        p._add_denoise_hook = self._add_denoise_hook
         if self.engine.models.current is not None:  # until process_images loads the one the job asks for
             p.sd_model = ModelInfo(self.engine.models.current, self.engine.models.current_file)
         previous, _active.job = current(), self
@@ -67,6 +69,10 @@ class ScriptedJob:
         finally:
             _active.job = previous
         self._hand_back(processed)
+
+    def _add_denoise_hook(self, point: str, fn: Callable[[DenoiseState], None]) -> None:
+        owner = getattr(fn, "__module__", None) or "a script"
+        self.hooks.add(point, lambda state: self.errors.call(fn, owner, f"denoise hook {point}", fn, state))
 
     # -- A1111's process_images -------------------------------------------------------------------------
     def process_images(self, p: ProcessingContext) -> Processed:
