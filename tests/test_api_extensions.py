@@ -48,3 +48,38 @@ def test_install_is_refused_while_listening_without_the_insecure_flag(engine, tm
     with running_server(engine, argv) as (url, _), httpx.Client(base_url=url, timeout=60, auth=("user", "pass")) as http:
         response = http.post("/atelier/v1/extensions/install", json={"source": str(EXAMPLE)})
         assert response.status_code == 403 and "insecure" in response.text
+
+
+def test_index_listing_and_install_through_the_api(engine, tmp_path):
+    from tests.test_ui_extensions_tab import indexed_repo
+
+    _, index_url = indexed_repo(tmp_path)
+    argv = ["--nowebui"]
+    engine.extensions = load_extensions(engine, cmd_args.parse(argv))
+    with running_server(engine, argv) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
+        unset = http.get("/atelier/v1/extensions/available")
+        assert unset.status_code == 400 and "no extension index is set" in unset.json()["detail"]
+        listed = http.get("/atelier/v1/extensions/available", params={"index_url": index_url})
+        assert listed.status_code == 200, listed.text
+        assert [(e["name"], e["installed"]) for e in listed.json()] == [("Indexed <one>", False), ("Elsewhere", False)]
+        engine.settings.set("extensions_index_url", index_url, save=False)
+        missing = http.post("/atelier/v1/extensions/install-from-index", json={"name": "Nope"})
+        assert missing.status_code == 400 and "no entry named 'Nope'" in missing.json()["detail"]
+        done = http.post("/atelier/v1/extensions/install-from-index", json={"name": "Indexed <one>"})
+        assert done.status_code == 200, done.text
+        assert (engine.paths.data_dir / "extensions" / "sd-indexed" / "scripts" / "hello.py").is_file()
+        assert http.get("/atelier/v1/extensions/available").json()[0]["installed"] is True
+
+
+def test_index_reading_is_refused_while_listening_without_the_insecure_flag(engine, tmp_path):
+    from tests.test_ui_extensions_tab import indexed_repo
+
+    _, index_url = indexed_repo(tmp_path)
+    argv = ["--nowebui", "--listen", "--api-auth", "user:pass"]
+    engine.extensions = load_extensions(engine, cmd_args.parse(argv))
+    with running_server(engine, argv) as (url, _), httpx.Client(base_url=url, timeout=60, auth=("user", "pass")) as http:
+        listed = http.get("/atelier/v1/extensions/available", params={"index_url": index_url})
+        assert listed.status_code == 403 and "insecure" in listed.text
+        done = http.post("/atelier/v1/extensions/install-from-index", json={"name": "Indexed <one>", "index_url": index_url})
+        assert done.status_code == 403
+        assert not (engine.paths.data_dir / "extensions" / "sd-indexed").exists()

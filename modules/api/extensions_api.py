@@ -1,4 +1,5 @@
-"""/atelier/v1/extensions: list, install, enable or disable, check for updates, update, uninstall.
+"""/atelier/v1/extensions: list, install (from a source or an index), enable or disable, check for updates,
+update, uninstall.
 
 Installing runs code from elsewhere, so it is refused while listening on a non-loopback address unless
 --enable-insecure-extension-access is given (the manager checks; we map its errors to 403 and 400).
@@ -20,6 +21,11 @@ class InstallBody(BaseModel):
     source: str = Field(..., description="a git URL, a local folder or a .zip file")
     name: Optional[str] = Field(None, description="folder name under extensions/ (default: from the source)")
     branch: Optional[str] = None
+
+
+class IndexInstallBody(BaseModel):
+    name: str = Field(..., description="an entry's name (or URL) in the index")
+    index_url: Optional[str] = Field(None, description="default: the extensions_index_url setting")
 
 
 class EnableBody(BaseModel):
@@ -52,6 +58,18 @@ def register(app, engine) -> None:
     @router.post("/install")
     async def install(body: InstallBody) -> dict[str, Any]:
         return (await _call(manager().install, body.source, body.name, body.branch)).to_dict()
+
+    def available(index_url: Optional[str]) -> list[dict[str, Any]]:
+        manager().check_access()  # reading an index makes the server fetch a URL: the same rule as installing
+        return [vars(entry) for entry in manager().available(index_url)]
+
+    @router.get("/available")
+    async def list_available(index_url: Optional[str] = None) -> list[dict[str, Any]]:
+        return await _call(available, index_url)
+
+    @router.post("/install-from-index")
+    async def install_from_index(body: IndexInstallBody) -> dict[str, Any]:
+        return (await _call(manager().install_from_index, body.name, body.index_url)).to_dict()
 
     @router.post("/{name}/enabled")
     async def set_enabled(name: str, body: EnableBody) -> dict[str, Any]:
