@@ -336,3 +336,56 @@ def save_tiny_ckpt_pickle(
 ) -> Path:
     """Write the same checkpoint as a pickled .ckpt ({"state_dict": ...}) plus sibling config."""
     return _write(path, family, inpainting, seed, dtype, lambda sd, p: torch.save({"state_dict": sd}, p))
+
+
+# --------------------------------------------------------------------------- ControlNet (extensions-builtin/controlnet)
+
+
+def build_tiny_controlnet(family: str = "sd1", seed: int = 0, zero_conv_std: float = 0.5):
+    """A ControlNet copied from the tiny UNet of `family`, its zero convolutions given seeded random weights
+    (a real ControlNet starts at zero and learns them; at zero it would change nothing)."""
+    from diffusers import ControlNetModel
+
+    unet = build_tiny_components(family)["unet"]
+    net = ControlNetModel.from_unet(unet).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            block.weight.copy_(torch.randn(block.weight.shape, generator=generator) * zero_conv_std)
+    return net
+
+
+def export_ldm_controlnet(net) -> dict[str, torch.Tensor]:
+    """A diffusers ControlNetModel's state dict in lllyasviel's original layout (`control_model.` prefix,
+    `input_hint_block`, `zero_convs`, `middle_block_out`), as the .pth/.safetensors files on the hub are."""
+    config = dict(net.config)
+    levels = len(config["block_out_channels"])
+    prefixes = ldm_unet_prefixes({**config, "up_block_types": ["UpBlock2D"] * levels})
+    prefixes = {k: v for k, v in prefixes.items() if not k.startswith(("up_blocks.", "conv_out.", "conv_norm_out."))}
+    hint_blocks = len(net.controlnet_cond_embedding.blocks)
+    prefixes["controlnet_cond_embedding.conv_in."] = "input_hint_block.0."
+    for i in range(hint_blocks):
+        prefixes[f"controlnet_cond_embedding.blocks.{i}."] = f"input_hint_block.{2 * (i + 1)}."
+    prefixes["controlnet_cond_embedding.conv_out."] = f"input_hint_block.{2 * (hint_blocks + 1)}."
+    for i in range(len(net.controlnet_down_blocks)):
+        prefixes[f"controlnet_down_blocks.{i}."] = f"zero_convs.{i}.0."
+    prefixes["controlnet_mid_block."] = "middle_block_out.0."
+    sd = _rename_by_prefix(net.state_dict(), prefixes, {"resnets": _UNET_RESNET})
+    return {"control_model." + k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+def save_tiny_controlnet(path: Path, family: str = "sd1", seed: int = 0, pickle: bool = False,
+                         zero_conv_std: float = 0.5) -> Path:
+    """Write a tiny ControlNet in the original layout (.safetensors, or a .pth pickle of tensors) plus its
+    sibling `<name>.config.json` ({"family", "controlnet": diffusers config}): shapes can't give head counts."""
+    path = Path(path)
+    net = build_tiny_controlnet(family, seed, zero_conv_std)
+    sd = export_ldm_controlnet(net)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if pickle:
+        torch.save(sd, path)
+    else:
+        save_file(sd, str(path), metadata={"format": "pt"})
+    config = {"family": family, "controlnet": _clean({"_class_name": "ControlNetModel", **dict(net.config)})}
+    config_path_for(path).write_text(json.dumps(config, indent=2, sort_keys=True))
+    return path
