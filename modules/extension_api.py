@@ -38,6 +38,8 @@ Files and lists (since 1.1)
     model_dir(kind), vae_files(), current_model(); load_tensors(path), load_pickle(path) (weights_only),
     read_safetensors_metadata(path), sha256_file(path), addnet_hash(path), UnsafeFileError;
     register_api_list(name, provider, refresh)   serve /sdapi/v1/loras, /embeddings, /hypernetworks
+    decode_image(data, field)          a client's base64 image, checked as the API checks its own (size limits,
+                                       bombs, odd modes; ValidationError(field, reason) -> a 422) (since 1.2)
 Settings
     register_settings(section, {name: setting(default, label, ...)}), get_setting(name), Option
     API arguments of a script: its `api_args` (list of ScriptArg), shown by /sdapi/v1/script-info and
@@ -66,7 +68,8 @@ from modules import extension_lists as _extension_lists
 from modules import extra_networks as _extra_networks
 from modules.attention_hooks import AttentionLayer, set_attention_kv_hook
 from modules.embedding_hooks import EmbeddingTarget
-from modules.errors import UnsafeFileError
+from modules.errors import UnsafeFileError, ValidationError
+from modules.image_input import decode_image
 from modules.ldm_names import ldm_unet_prefixes
 from modules.extra_networks import ExtraNetworkContext, ExtraNetworkHandler, ExtraNetworkParams, parse_extra_networks
 from modules.processing_context import ModelInfo, ProcessingContext, Processed
@@ -217,5 +220,5 @@ __all__ = [
     "model_dir", "vae_files", "ModelFileInfo", "current_model", "load_tensors", "load_pickle",
     "read_safetensors_metadata", "sha256_file", "addnet_hash", "UnsafeFileError", "register_api_list",
     # 1.2
-    "UNetCall",
+    "UNetCall", "decode_image", "ValidationError",
 ]

@@ -113,6 +113,7 @@ class ProcessingContext:
         self.subseeds: list[int] = []
         self.iteration = 0  # the batch being made
         self.batch_index = 0  # the image within the batch (postprocess_image)
+        self.is_hr_pass = False  # True while the hires pass is being set up and sampled
         self.sd_model: Optional[ModelInfo] = None
         self.comments: dict[str, Any] = {}
         self.user: Optional[str] = None

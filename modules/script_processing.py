@@ -2,7 +2,9 @@
 
     setup → run() of the selected script, which calls process_images(p) (or, with none selected, the job does):
         before_process → model, seeds and prompts → process
-        per batch: before_process_batch → process_batch → generate → postprocess_batch
+        per batch: before_process_batch → process_batch
+                   → generate (process_before_every_sampling before each pass; before_hr before the hires one)
+                   → postprocess_batch → postprocess_batch_list
                    → per image: postprocess_image → infotext (+ p.extra_generation_params) → save
         postprocess
 
@@ -23,12 +25,12 @@ import torch
 from PIL import Image
 
 from modules.extension_callbacks import JobErrors, attach_denoise_hooks
-from modules.processing import FinishedImage, GenerationResult, generate
+from modules.processing import FinishedImage, GenerationResult, SamplingStart, generate
 from modules.processing_context import ModelInfo, ProcessingContext, Processed
 from modules.prompts import prepare_prompts
 from modules.request import GenerationRequest
 from modules.sampling import DenoiseState
-from modules.scripting import JobScripts, PostprocessImageArgs, ScriptError
+from modules.scripting import JobScripts, PostprocessBatchListArgs, PostprocessImageArgs, ScriptError
 
 if TYPE_CHECKING:
     from modules.engine import Engine, JobOutput
@@ -127,13 +129,25 @@ class ScriptedJob:
             def collect(finished: FinishedImage, request: GenerationRequest = request, first: int = first) -> None:
                 made.append((replace(finished, index=first + finished.index), request))
 
-            result = generate(request, model, self.control, self.hooks, collect, self.prompt_env)
+            on_sampling = (lambda start: self._before_sampling(p, start)) if scripts is not None else None
+            result = generate(request, model, self.control, self.hooks, collect, self.prompt_env, on_sampling)
+            p.is_hr_pass = False
             self._merge(result)
             self.control.runs_left -= 1
             if result.interrupted:
                 self.interrupted = True
                 break
         return self._finish_batch(p, n, made, model_file)
+
+    @staticmethod
+    def _before_sampling(p: ProcessingContext, start: SamplingStart) -> None:
+        """A1111's order before a pass: before_hr (the hires pass only), then process_before_every_sampling."""
+        p.is_hr_pass = start.pass_name == "hires"
+        if p.scripts is None:
+            return
+        if p.is_hr_pass:
+            p.scripts.before_hr(p)
+        p.scripts.process_before_every_sampling(p, x=start.x, noise=start.noise, c=start.cond, uc=start.uncond)
 
     def _run_request(self, p: ProcessingContext, first: int, count: int) -> GenerationRequest:
         """One processing run for images first..first+count of the job, all with the same prompts."""
@@ -154,11 +168,7 @@ class ScriptedJob:
         scripts = p.scripts
         pictures = [finished.image for finished, _ in made]
         if scripts is not None and pictures:
-            tensor = images_to_tensor(pictures)
-            before = tensor.clone()
-            scripts.postprocess_batch(p, tensor, batch_number=n)
-            if tensor.shape != before.shape or not torch.equal(tensor, before):
-                pictures = tensor_to_images(tensor)
+            pictures, made = self._postprocess_batch(p, n, made, pictures)
         kept = []
         for k, ((finished, request), image) in enumerate(zip(made, pictures)):
             p.batch_index = k
@@ -171,6 +181,28 @@ class ScriptedJob:
             self.engine.keep_image(self.output, request, image, text, finished.seed, self.errors, p)
             kept.append((image, text))
         return kept
+
+    @staticmethod
+    def _postprocess_batch(p: ProcessingContext, n: int, made: list[tuple[FinishedImage, GenerationRequest]],
+                           pictures: list[Image.Image]) -> tuple[list[Image.Image], list]:
+        """postprocess_batch (the batch as one tensor), then postprocess_batch_list (as a list, which scripts may
+        shorten or lengthen). Images are converted back only when a hook changed something, so untouched
+        images keep their exact pixels."""
+        tensor = images_to_tensor(pictures)
+        before = tensor.clone()
+        p.scripts.postprocess_batch(p, tensor, batch_number=n)
+        if tensor.shape != before.shape or not torch.equal(tensor, before):
+            pictures, before = tensor_to_images(tensor), tensor.clone()
+        rows = list(tensor)
+        pp = PostprocessBatchListArgs(list(rows))
+        p.scripts.postprocess_batch_list(p, pp, batch_number=n)
+        if (len(pp.images) == len(rows) and all(a is b for a, b in zip(pp.images, rows))
+                and torch.equal(tensor, before)):
+            return pictures, made
+        images = [_to_image(item) for item in pp.images]
+        if len(images) == len(made):
+            return images, made
+        return images, [_entry_for(p, n, made, k) for k in range(len(images))]
 
     def _hand_back(self, processed: Processed) -> None:
         """The job's output is what the last process_images (or the selected script) returned."""
@@ -211,6 +243,32 @@ def _runs(p: ProcessingContext, start: int, end: int) -> list[tuple[int, int]]:
                 continue
         runs.append((i, 1))
     return runs
+
+
+def _entry_for(p: ProcessingContext, n: int, made: list[tuple[FinishedImage, GenerationRequest]],
+               k: int) -> tuple[FinishedImage, GenerationRequest]:
+    """Image k of a batch whose length postprocess_batch_list changed: as in A1111, its prompt and seed are
+    p.prompts[k], p.seeds[k], ... (the script's to keep right), else those of the k-th (or last) image made."""
+    finished, request = made[min(k, len(made) - 1)]
+
+    def pick(values: Any, fallback: Any) -> Any:
+        return values[k] if isinstance(values, list) and k < len(values) else fallback
+
+    return replace(finished, index=n * p.batch_size + k, prompt=pick(p.prompts, finished.prompt),
+                   negative_prompt=pick(p.negative_prompts, finished.negative_prompt),
+                   seed=pick(p.seeds, finished.seed), subseed=pick(p.subseeds, finished.subseed)), request
+
+
+def _to_image(item: Any) -> Image.Image:
+    """An entry of pp.images: a PIL image, a float tensor/array [3, H, W] in 0..1, or a uint8 array [H, W, 3]."""
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8:
+        return Image.fromarray(item).convert("RGB")
+    tensor = torch.as_tensor(item)
+    if tensor.ndim == 3 and tensor.shape[0] not in (1, 3) and tensor.shape[-1] in (1, 3):
+        tensor = tensor.permute(2, 0, 1)  # [H, W, C] floats
+    return tensor_to_images(tensor.expand(3, -1, -1)[None] if tensor.shape[0] == 1 else tensor[None])[0]
 
 
 def images_to_tensor(images: list[Image.Image]) -> torch.Tensor:

@@ -19,7 +19,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from modules.errors import AtelierError, ValidationError
 from modules.extension_callbacks import JobErrors, record_failure
@@ -46,7 +46,9 @@ class ScriptError(AtelierError):
 @dataclass
 class ScriptArg:
     """One argument of a script, as /sdapi/v1/script-info shows it. `name` lets API clients pass arguments
-    by name: alwayson_scripts: {"my script": {"args": {"strength": 0.5}}}."""
+    by name: alwayson_scripts: {"my script": {"args": {"strength": 0.5}}}. `check(value)`, if given, runs when a
+    request arrives and raises ValueError for a value the script can't use: the API answers 422 naming the
+    argument, instead of the job failing later."""
 
     label: str = ""
     value: Any = None  # the default
@@ -55,6 +57,7 @@ class ScriptArg:
     step: Any = None
     choices: Optional[list[Any]] = None
     name: Optional[str] = None
+    check: Optional[Callable[[Any], Any]] = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "value": self.value, "minimum": self.minimum, "maximum": self.maximum,
@@ -70,6 +73,10 @@ class PostprocessImageArgs:
 
 @dataclass
 class PostprocessBatchListArgs:
+    """postprocess_batch_list(p, pp, *args, batch_number): `pp.images` is the batch as a list of float tensors
+    [3, H, W] in 0..1. Change, remove or add entries (tensors, [H, W, 3] uint8 arrays or PIL images); a script
+    that changes how many there are also sets p.prompts, p.negative_prompts, p.seeds and p.subseeds to match."""
+
     images: list[Any]
 
 
@@ -85,12 +92,16 @@ class Script:
         process(p, *args)                  p.all_prompts / all_seeds are set: rewrite them here
         before_process_batch(p, *args, batch_number, prompts, seeds, subseeds)
         process_batch(p, *args, batch_number, prompts, seeds, subseeds)
+        process_before_every_sampling(p, *args, x, noise, c, uc)   before each sampling pass (first, hires)
+        before_hr(p, *args)                before the hires pass (after the upscale), then the call above
         postprocess_batch(p, *args, images, batch_number)     images: float tensor [B, 3, H, W] in 0..1
+        postprocess_batch_list(p, pp, *args, batch_number)    pp.images: the batch as a list, may change length
         postprocess_image(p, pp, *args)    pp.image: the PIL image about to get its infotext and be saved
         postprocess(p, processed, *args)   after the last batch
 
     `p` is a ProcessingContext (A1111's field names). Raising in a hook reports the error with the
     extension's name and turns the script off for the rest of the job; the job goes on.
+    `before_component` / `after_component` are accepted but not called (Atelier builds its UI its own way).
     """
 
     # Set by the runner (A1111's attributes).
@@ -134,14 +145,15 @@ class Script:
     def process(self, p: "ProcessingContext", *args: Any) -> None: ...
     def before_process_batch(self, p: "ProcessingContext", *args: Any, **kwargs: Any) -> None: ...
     def process_batch(self, p: "ProcessingContext", *args: Any, **kwargs: Any) -> None: ...
+    def process_before_every_sampling(self, p: "ProcessingContext", *args: Any, **kwargs: Any) -> None: ...
+    def before_hr(self, p: "ProcessingContext", *args: Any) -> None: ...
     def postprocess_batch(self, p: "ProcessingContext", *args: Any, **kwargs: Any) -> None: ...
+    def postprocess_batch_list(self, p: "ProcessingContext", pp: PostprocessBatchListArgs, *args: Any,
+                               **kwargs: Any) -> None: ...
     def postprocess_image(self, p: "ProcessingContext", pp: PostprocessImageArgs, *args: Any) -> None: ...
     def postprocess(self, p: "ProcessingContext", processed: "Processed", *args: Any) -> None: ...
 
     # Accepted for A1111 compatibility; Atelier does not call these.
-    def before_hr(self, p: "ProcessingContext", *args: Any) -> None: ...
-    def postprocess_batch_list(self, p: "ProcessingContext", pp: PostprocessBatchListArgs, *args: Any,
-                               **kwargs: Any) -> None: ...
     def before_component(self, component: Any, **kwargs: Any) -> None: ...
     def after_component(self, component: Any, **kwargs: Any) -> None: ...
 
@@ -161,6 +173,15 @@ class ScriptClass:
     cls: type
     path: Path
     extension: str = ""
+
+
+def _check(arg: ScriptArg, value: Any, field_name: str) -> None:
+    if arg.check is None:
+        return
+    try:
+        arg.check(value)
+    except ValueError as e:
+        raise ValidationError(field_name, str(e)) from None
 
 
 def args_from_components(components: Any) -> list[ScriptArg]:
@@ -331,11 +352,14 @@ class ScriptRunner:
                 if index is None:
                     raise ValidationError(f"{field_name}.{key}", f"script '{script.title()}' has no argument "
                                                                  f"named {key!r}")
+                _check(spec[index], value, f"{field_name}.{key}")
                 args[script.args_from + index] = value
             return
         if len(given) > len(spec):
             raise ValidationError(field_name, f"script '{script.title()}' takes {len(spec)} argument(s), "
                                               f"got {len(given)}")
+        for index, value in enumerate(given):
+            _check(spec[index], value, f"{field_name}.{index}")
         args[script.args_from:script.args_from + len(given)] = list(given)  # the rest keep their defaults
 
     def for_job(self, request: "GenerationRequest", errors: JobErrors) -> "JobScripts":
@@ -412,8 +436,17 @@ class JobScripts:
     def process_batch(self, p: "ProcessingContext", **kwargs: Any) -> None:
         self._each("process_batch", p, **kwargs)
 
+    def process_before_every_sampling(self, p: "ProcessingContext", **kwargs: Any) -> None:
+        self._each("process_before_every_sampling", p, **kwargs)
+
+    def before_hr(self, p: "ProcessingContext") -> None:
+        self._each("before_hr", p)
+
     def postprocess_batch(self, p: "ProcessingContext", images: Any, **kwargs: Any) -> None:
         self._each("postprocess_batch", p, images=images, **kwargs)
+
+    def postprocess_batch_list(self, p: "ProcessingContext", pp: PostprocessBatchListArgs, **kwargs: Any) -> None:
+        self._each("postprocess_batch_list", p, pp, **kwargs)
 
     def postprocess_image(self, p: "ProcessingContext", pp: PostprocessImageArgs) -> None:
         self._each("postprocess_image", p, pp)

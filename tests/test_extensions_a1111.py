@@ -90,3 +90,49 @@ def test_a1111_module_paths_serve_the_public_names():
     assert scripts.AlwaysVisible is not None and callable(images.save_image)
     with pytest.raises(AttributeError):
         processing.no_such_name
+
+
+def test_extension_built_with_ui_components_and_paths_internal(tiny_dir, policy, tmp_path):
+    import sys
+
+    import gradio as gr
+
+    from modules import paths_internal
+    from modules.paths import REPO_ROOT
+    from modules.ui import scripts_ui
+    from modules.ui_components import InputAccordion
+
+    eng = make_engine(tiny_dir, policy, tmp_path)
+    try:
+        eng.extensions = load_from(eng, tmp_path, A1111_EXTENSIONS / "form-ui")  # as webui.py keeps it
+        script = eng.scripts.txt2img.find("Form UI", alwayson=True)
+        assert [(a.label, a.value) for a in eng.scripts.txt2img.arg_spec(script)] == [("Form UI", False),
+                                                                                       ("Words", ["calm"])]
+        seen = sys.modules[type(script).__module__].SEEN_PATHS
+        assert seen["script_path"] == paths_internal.script_path == str(REPO_ROOT)
+        assert seen["models_path"] == str(tiny_dir / "models") == paths_internal.models_path
+        assert paths_internal.extensions_dir == str(tmp_path / "extensions")
+        assert paths_internal.extensions_builtin_dir == str(REPO_ROOT / "extensions-builtin")
+        with pytest.raises(AttributeError):
+            paths_internal.no_such_path
+
+        with gr.Blocks() as blocks:
+            ui = scripts_ui.build(type("Ctx", (), {"engine": eng})(), "txt2img", False)
+        [(_, components)] = ui.alwayson
+        enabled, words = components
+        assert isinstance(enabled, InputAccordion) and words.multiselect
+        types = {c["id"]: c["type"] for c in blocks.get_config_file()["components"]}
+        assert types[enabled._id] == "checkbox" and types[enabled.accordion._id] == "accordion"
+        assert "formrow" not in set(types.values()) and not (REPO_ROOT / "modules" / "ui_components.pyi").exists()
+        # Opening the accordion sets the checkbox, and setting the checkbox opens the accordion.
+        triggers = {(t[0], t[1]) for fn in blocks.fns.values() for t in fn.targets}
+        accordion = enabled.accordion._id
+        assert {(accordion, "expand"), (accordion, "collapse"), (enabled._id, "change")} <= triggers
+
+        fields = ui.request_fields({ui.dropdown: "None", enabled: True, words: ["stormy", "night"]})
+        job = eng.generate(request(**fields), timeout=120)
+        assert job.state == JobState.done, job.error
+        text = job.result.infotexts[0]
+        assert "Form UI: stormy+night" in text and "Form UI folder: form-ui" in text
+    finally:
+        close(eng)

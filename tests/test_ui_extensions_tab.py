@@ -99,3 +99,73 @@ def test_extension_tabs_render_inside_the_app(tmp_path):
         assert extension_callbacks.app_failures[-1].extension == "ext-b"
     finally:
         extension_callbacks.app_failures[:] = saved
+
+
+def indexed_repo(tmp_path):
+    """A git repository and an index file (file:// URL) listing it, as A1111's index.json does."""
+    import json
+
+    origin = make_source(tmp_path / "sd-indexed")
+    (origin / "install.py").unlink()
+    git(origin, "init", "-q", "-b", "main")
+    git(origin, "add", ".")
+    git(origin, "commit", "-q", "-m", "one")
+    index = tmp_path / "index.json"
+    index.write_text(json.dumps({"extensions": [
+        {"name": "Indexed <one>", "url": origin.as_uri(), "description": "Says hello & more",
+         "tags": ["script", "tab"]},
+        {"name": "Elsewhere", "url": "https://example.invalid/elsewhere.git", "description": "", "tags": []}]}))
+    return origin, index.as_uri()
+
+
+def test_available_tab_lists_the_index_from_the_setting_and_installs_an_entry(manager, tmp_path):
+    assert "no extension index is set" in T.load_index(manager, "")[0]
+    origin, url = indexed_repo(tmp_path)
+    manager.settings.set("extensions_index_url", url, save=False)
+    assert T.index_url(manager) == url
+
+    html, choices = T.load_index(manager, "")
+    assert choices == ["Indexed <one>", "Elsewhere"]
+    assert "Indexed &lt;one&gt;" in html and "Says hello &amp; more" in html and ">script<" in html and ">tab<" in html
+    assert html.count("not installed") == 2 and 'href="https://example.invalid/elsewhere.git"' in html
+
+    assert "choose an extension" in T.install_from_index(manager, "", None)
+    assert "no entry named &#x27;Nope&#x27;" in T.install_from_index(manager, "", "Nope")
+    assert "Installed sd-indexed" in T.install_from_index(manager, url, "Indexed <one>")
+    assert (manager.user_dir / "sd-indexed" / "scripts" / "hello.py").exists()
+    assert "sd-indexed" in T.names(manager)
+    html, choices = T.load_index(manager, url)
+    assert choices == ["Elsewhere"] and html.count("not installed") == 1 and 'class="status-installed"' in html
+    assert "can&#x27;t read the extension index" in T.load_index(manager, (tmp_path / "missing.json").as_uri())[0]
+
+
+def test_available_tab_refuses_while_listening_without_the_flag(tmp_path):
+    paths = Paths.from_flags(data_dir=str(tmp_path / "data"))
+    origin, url = indexed_repo(tmp_path)
+    settings = Settings(file=tmp_path / "config.json")
+    settings.set("extensions_index_url", url, save=False)
+    args = argparse.Namespace(listen=True, enable_insecure_extension_access=False)
+    manager = ExtensionManager(paths, settings, args, builtin_dir=tmp_path / "builtin")
+    html, choices = T.load_index(manager, "")
+    assert "--enable-insecure-extension-access" in html and "atelier-error" in html and choices == []
+    assert "--enable-insecure-extension-access" in T.install_from_index(manager, "", "Indexed <one>")
+    assert not manager.user_dir.exists() or not any(manager.user_dir.iterdir())
+
+    allowed = ExtensionManager(paths, settings, argparse.Namespace(listen=True, enable_insecure_extension_access=True),
+                               builtin_dir=tmp_path / "builtin")
+    assert T.load_index(allowed, "")[1] == ["Indexed <one>", "Elsewhere"]
+
+
+def test_the_tab_builds_with_the_index_url_from_the_settings(manager, tmp_path):
+    manager.settings.set("extensions_index_url", "file:///somewhere/index.json", save=False)
+    loaders = []
+    ctx = SimpleNamespace(engine=SimpleNamespace(extensions=SimpleNamespace(manager=manager)), on_load=loaders.append)
+    with gr.Blocks() as blocks:
+        T.build(ctx)
+    found = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+    assert found["extensions_index_url"].value == "file:///somewhere/index.json"
+    assert {"extensions_index_load", "extensions_index", "extensions_index_choice",
+            "extensions_index_install"} <= set(found)
+    manager.settings.set("extensions_index_url", "file:///elsewhere.json", save=False)
+    [loader] = loaders
+    assert list(loader().values()) == ["file:///elsewhere.json"]

@@ -17,7 +17,10 @@ class Picker(Script):
         return "Picker"
 
     def ui(self, is_img2img):
-        return [gr.Slider(label="Strength", minimum=0, maximum=1, value=0.25), gr.Textbox(label="Word", value="hi")]
+        strength = gr.Slider(label="Strength", minimum=0, maximum=1, value=0.25)
+        word = gr.Textbox(label="Word", value="hi")
+        self.infotext_fields = [(strength, "Picker strength"), (word, "Picker word")]  # A1111's paste fields
+        return [strength, word]
 
 
 class Always(Script):
@@ -28,7 +31,9 @@ class Always(Script):
         return AlwaysVisible
 
     def ui(self, is_img2img):
-        return [gr.Checkbox(label="Enabled", value=False)]
+        enabled = gr.Checkbox(label="Enabled", value=False)
+        self.infotext_fields = [(enabled, lambda params: "Always on" in params)]
+        return [enabled]
 
 
 class Broken(Script):
@@ -148,5 +153,84 @@ def test_loaded_extensions_always_on_ui_drives_the_job_and_their_tabs_render(tin
         blocks = build_ui(engine, argparse.Namespace(listen=False))
         ids = {getattr(b, "elem_id", None) for b in blocks.blocks.values()}
         assert {"tab_hello_tab", "hello_tab_text", "txt2img_script_prompt_suffix_suffix"} <= ids
+    finally:
+        close(engine)
+
+
+GRID_INFOTEXT = ("a lighthouse\nNegative prompt: blurry\nSteps: 5, Sampler: Euler, CFG scale: 7, Seed: 3, "
+                 'Size: 64x64, Script: X/Y/Z plot, X Type: Steps, X Values: "1, 2, 3", Y Type: Seed, '
+                 'Y Values: "-1, -1", Fixed Y Values: "5, 6"')
+
+
+def pasted(ui, text):
+    from modules.infotext import parse_infotext
+
+    return ui.paste(parse_infotext(text))
+
+
+def test_pasting_a_grids_infotext_selects_xyz_and_fills_its_axes():
+    ui, _ = build()
+    updates = pasted(ui, GRID_INFOTEXT)
+    assert updates[ui.dropdown] == "X/Y/Z plot"
+    assert {t: updates[c.column]["visible"] for t, c in ui.selectable.items()} == {
+        "Prompts from file or textbox": False, "X/Y/Z plot": True, "Picker": False, "Broken": False}
+    data = values(ui, "None")
+    data.update({c: v for c, v in updates.items() if c in data and not isinstance(v, dict)})
+    fields = ui.request_fields(data)  # what Generate would now send
+    assert fields["script_name"] == "X/Y/Z plot"
+    assert fields["script_args"][:9] == ["Steps", "1, 2, 3", None, "Seed", "-1, -1", None, "Nothing", "", None]
+    picker = ui.selectable["Picker"].components
+    assert all(updates[c] == gr.update() for c in picker)  # another script's controls are left alone
+
+
+def test_pasting_an_extension_scripts_title_and_keys_case_insensitively():
+    ui, _ = build()
+    updates = pasted(ui, "a boat\nSteps: 5, Seed: 1, Script: picker, Picker strength: 0.5, Picker word: sail, "
+                         "Always on: True")
+    strength, word = ui.selectable["Picker"].components
+    assert updates[ui.dropdown] == "Picker" and updates[ui.selectable["Picker"].column]["visible"]
+    assert (updates[strength], updates[word]) == (0.5, "sail")
+    [(_, [enabled])] = ui.alwayson
+    assert updates[enabled] is True
+    kind = ui.selectable["X/Y/Z plot"].components[0]
+    assert updates[kind] == gr.update()
+
+
+def test_pasting_without_a_script_or_with_an_unknown_one_selects_none():
+    ui, _ = build()
+    for text in ("a boat\nSteps: 5, Seed: 1", "a boat\nSteps: 5, Seed: 1, Script: Not installed"):
+        updates = pasted(ui, text)
+        assert updates[ui.dropdown] == "None"
+        assert not any(updates[c.column]["visible"] for c in ui.selectable.values())
+        [(_, [enabled])] = ui.alwayson
+        assert updates[enabled] is False
+    assert set(ui.paste(set())) == set(pasted(ui, GRID_INFOTEXT))  # the probe finds every control
+
+
+def test_send_to_txt2img_reselects_the_script_in_the_real_tab(tiny_dir, policy, tmp_path):
+    import argparse
+
+    from modules.ui import txt2img
+    from modules.ui.common import UIConfig, UIContext
+    from modules.ui.paste import SendTo
+    from modules.ui.styles_store import StyleStore
+    from tests.extension_helpers import close, make_engine
+
+    engine = make_engine(tiny_dir, policy, tmp_path)
+    try:
+        ctx = UIContext(engine, argparse.Namespace(listen=False), UIConfig(tmp_path / "ui-config.json"),
+                        styles=StyleStore(tmp_path / "styles.csv"))
+        with gr.Blocks() as ctx.blocks:
+            with gr.Tabs() as ctx.tabs:
+                with gr.Tab("txt2img", id="txt2img"):
+                    tab = txt2img.build(ctx)
+            send = SendTo(ctx, "txt2img", tab, image=False, params=True)
+        updates = send.updates(None, GRID_INFOTEXT)
+        scripts = tab.params.scripts
+        assert set(updates) <= set(send.outputs)
+        assert updates[scripts.dropdown] == "X/Y/Z plot" and updates[tab.toprow.prompt] == "a lighthouse"
+        x_type, x_values = scripts.selectable["X/Y/Z plot"].components[:2]
+        assert (updates[x_type], updates[x_values]) == ("Steps", "1, 2, 3")
+        assert send.updates(None, "a boat\nSteps: 5, Seed: 1")[scripts.dropdown] == "None"
     finally:
         close(engine)

@@ -1,6 +1,8 @@
-"""The Extensions tab: installed extensions (enable/disable, check for updates, update, uninstall) and installing
-one from a git URL, a folder or a .zip (shown first, then confirmed). Every change goes through the engine's
-ExtensionManager, which refuses (ExtensionAccessError) while listening without --enable-insecure-extension-access.
+"""The Extensions tab: installed extensions (enable/disable, check for updates, update, uninstall), the extensions an
+index lists (the `extensions_index_url` setting, A1111's index.json format) to install one by name, and installing
+from a git URL, a folder or a .zip (shown first, then confirmed). Every change goes through the engine's
+ExtensionManager, which refuses (ExtensionAccessError) while listening without --enable-insecure-extension-access;
+reading the index is refused then, too, since it makes the server fetch a URL typed into the page.
 
 The handlers are plain functions of the manager and the form values (returning HTML and choices), so they are
 tested without a browser; `build()` lays them out and wires them.
@@ -13,7 +15,7 @@ from typing import Optional
 
 import gradio as gr
 
-from modules.extensions import ExtensionError, ExtensionManager, _name_from_source
+from modules.extensions import ExtensionError, ExtensionManager, IndexEntry, _name_from_source
 from modules.ui.common import UIContext, error_html, esc, note_html, user_message
 
 RESTART_NOTE = "Apply and restart needed: the change takes effect the next time Atelier starts."
@@ -136,6 +138,50 @@ def install(manager: ExtensionManager, source: str, name: str = "", branch: str 
     return note_html(f"Installed {ext.name} into {ext.path}. {RESTART_NOTE}")
 
 
+def index_url(manager: ExtensionManager) -> str:
+    """The index URL setting (Settings → Extensions), shown as the default of the Available tab's URL box."""
+    return str(manager.settings.get("extensions_index_url") or "")
+
+
+def index_html(entries: list[IndexEntry]) -> str:
+    rows = []
+    for entry in entries:
+        name = (f'<a href="{esc(entry.url)}" target="_blank" rel="noopener">{esc(entry.name)}</a>'
+                if entry.url.startswith(("http://", "https://")) else esc(entry.name))
+        tags = " ".join(f'<span class="extension-tag">{esc(tag)}</span>' for tag in entry.tags)
+        state = "installed" if entry.installed else "not installed"
+        rows.append(f'<tr data-index-entry="{esc(entry.name)}"><td><b>{name}</b><div class="meta">{esc(entry.url)}'
+                    f'</div></td><td>{esc(entry.description)}</td><td>{tags}</td>'
+                    f'<td class="status-{state.replace(" ", "-")}">{state}</td></tr>')
+    if not rows:
+        return note_html("The index lists no extensions.")
+    head = "<tr><th>Extension</th><th>Description</th><th>Tags</th><th>Installed</th></tr>"
+    return f'<table class="extensions-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def load_index(manager: ExtensionManager, url: str = "") -> tuple[str, list[str]]:
+    """The index at `url` (default: the setting) as a table, and the names of its entries not installed yet."""
+    try:
+        manager.check_access()
+        entries = manager.available((url or "").strip() or None)
+    except ExtensionError as e:
+        return error_html(str(e)), []
+    return index_html(entries), [entry.name for entry in entries if not entry.installed]
+
+
+def install_from_index(manager: ExtensionManager, url: str, name: Optional[str]) -> str:
+    if not name:
+        return error_html("Load the index, then choose an extension to install.")
+    try:
+        manager.check_access()  # before the index is even read
+        ext = manager.install_from_index(name, (url or "").strip() or None)
+    except ExtensionError as e:
+        return error_html(str(e))
+    except Exception as e:  # git/pip failures carry their own message
+        return error_html(user_message(e))
+    return note_html(f"Installed {ext.name} into {ext.path}. {RESTART_NOTE}")
+
+
 def build(ctx: UIContext) -> None:
     manager = manager_for(ctx)
     with gr.Tabs(elem_id="extensions_tabs"):
@@ -158,6 +204,7 @@ def build(ctx: UIContext) -> None:
                 confirm_remove = gr.Button("Yes, uninstall", variant="stop", elem_id="extensions_uninstall_confirm",
                                            scale=0)
                 cancel_remove = gr.Button("Cancel", scale=0)
+        available = _build_available(manager)
         with gr.Tab("Install from URL", id="extensions_install"):
             source = gr.Textbox(label="URL for extension's git repository, a folder or a .zip file",
                                 elem_id="extensions_install_url")
@@ -209,6 +256,44 @@ def build(ctx: UIContext) -> None:
                                                                        confirm_install_row])
     cancel_install.click(lambda: ("", gr.update(visible=False)), None, [install_message, confirm_install_row],
                          queue=False)
+    _wire_index(ctx, manager, refreshed, listing, *available)
+
+
+def _build_available(manager: ExtensionManager) -> tuple:
+    """The Available tab: the index URL (the setting by default), its entries, and the one to install."""
+    with gr.Tab("Available", id="extensions_available"):
+        with gr.Row(equal_height=False):
+            load = gr.Button("Load from:", variant="primary", elem_id="extensions_index_load", scale=0,
+                             min_width=140)
+            url = gr.Textbox(value=index_url(manager), show_label=False, elem_id="extensions_index_url", scale=4,
+                             placeholder="URL of an extension index, http(s):// or file:// (Settings → Extensions)")
+        index_table = gr.HTML(note_html("Load the index to see what it offers. Only install extensions you "
+                                        "trust: they run with your permissions."), elem_id="extensions_index")
+        with gr.Row(equal_height=False):
+            entry = gr.Dropdown(label="Extension to install", choices=[], value=None, scale=3,
+                                elem_id="extensions_index_choice")
+            install_entry = gr.Button("Install", variant="primary", elem_id="extensions_index_install", scale=0)
+        index_message = gr.HTML("", elem_id="extensions_index_message")
+    return url, load, index_table, entry, install_entry, index_message
+
+
+def _wire_index(ctx: UIContext, manager: ExtensionManager, refreshed, listing: list, url, load, index_table, entry,
+                install_entry, index_message) -> None:
+    """The Available tab: load the index into the table and the choice; install the chosen entry."""
+    def loaded(address: str) -> dict:
+        html, choices = load_index(manager, address)
+        return {index_table: html, entry: gr.update(choices=choices, value=choices[0] if choices else None),
+                index_message: ""}
+
+    load.click(loaded, url, [index_table, entry, index_message])
+
+    def do_install(address: str, name: Optional[str]) -> dict:
+        text = install_from_index(manager, address, name)
+        return {**refreshed(""), **loaded(address), index_message: text}
+
+    install_entry.click(do_install, [url, entry], [*listing, index_table, entry, index_message])
+    if hasattr(ctx, "on_load"):  # the setting may change after the UI is built
+        ctx.on_load(lambda: {url: index_url(manager)})
 
 
 def render_extension_tabs(tabs: list) -> None:

@@ -93,6 +93,8 @@ class Params:
             updates[self.width], updates[self.height] = req.width, req.height
         choices = override_choices(ctx, req.override_settings)
         updates[self.overrides] = gr.update(choices=choices, value=choices, visible=bool(choices))
+        if self.scripts is not None:  # `Script: <title>` and the script's own keys
+            updates.update(self.scripts.paste(carried))
         return updates
 
     def wire(self, gen_info: Any, selected: Any) -> None:

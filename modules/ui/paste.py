@@ -20,10 +20,12 @@ PASTE_KEYS = {"Size-1", "Denoising strength", "Mask blur"}
 ImageGetter = Callable[..., tuple[Optional[Image.Image], str]]  # source inputs -> (image, infotext)
 
 
-def read(text: str) -> tuple[Optional[GenerationRequest], set[str]]:
+def read(text: str) -> tuple[Optional[GenerationRequest], dict[str, Any]]:
+    """The request an infotext describes, and its parameters by key (what targets test keys on, and where the
+    scripts' controls read their own keys)."""
     if not text or not text.strip():
-        return None, set()
-    return request_from_infotext(text), set(parse_infotext(text))
+        return None, {}
+    return request_from_infotext(text), parse_infotext(text)
 
 
 def paste_outputs(ctx: UIContext, target: Any) -> list:

@@ -11,6 +11,10 @@ the API takes them:
 
 A built-in script queues its own jobs and waits for them, so `run_builtin()` runs it beside the Gradio handler
 (never on the job worker) and follows the jobs it submits.
+
+Pasting an infotext (`ScriptsUI.paste`) is the way back, as in A1111: `Script: <title>` selects that script and
+shows its controls (no `Script` key selects None), and the script's own keys fill its controls: X/Y/Z plot's
+`X Type`, `X Values`, ...; an extension script's `infotext_fields` ([(component, key or fn(params))]).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import gradio as gr
 
@@ -39,6 +43,8 @@ class ScriptControls:
     components: list = field(default_factory=list)
     args: Optional[Callable[[dict], list]] = None  # form values -> script_args (built-ins)
     builtin: bool = False
+    pasteable: list = field(default_factory=list)  # the controls a pasted infotext may set
+    paste: Optional[Callable[[Mapping[str, Any]], dict]] = None  # infotext params -> {control: value}
 
 
 @dataclass
@@ -48,6 +54,7 @@ class ScriptsUI:
     dropdown: Any = None
     selectable: dict[str, ScriptControls] = field(default_factory=dict)
     alwayson: list[tuple[Any, list]] = field(default_factory=list)  # (Script, its components)
+    alwayson_fields: list[tuple[Any, Any]] = field(default_factory=list)  # their infotext_fields, as built
 
     @property
     def inputs(self) -> set:
@@ -69,6 +76,69 @@ class ScriptsUI:
             fields["alwayson_scripts"] = {script.title(): {"args": [data[c] for c in components]}
                                           for script, components in self.alwayson}
         return fields
+
+    def paste(self, params: Any) -> dict[Any, Any]:
+        """Control updates for a pasted infotext's parameters (parse_infotext's dict). Every control a paste may
+        touch is in the result, unchanged ones as gr.update(), so the paste's outputs can be found by pasting
+        an empty infotext (modules/ui/paste.py)."""
+        params = params if isinstance(params, Mapping) else {}
+        title = self.title_for(params.get("Script"))
+        updates: dict[Any, Any] = {self.dropdown: title}
+        for name, controls in self.selectable.items():
+            updates[controls.column] = gr.update(visible=name == title)
+            updates.update({c: gr.update() for c in controls.pasteable})
+            if name == title and controls.paste is not None:
+                updates.update(controls.paste(params))
+        updates.update({c: gr.update() for c, _ in self.alwayson_fields})
+        updates.update(_paste_fields(self.alwayson_fields, params))
+        return updates
+
+    def title_for(self, wanted: Any) -> str:
+        """The dropdown choice for an infotext's `Script:` value (A1111 matches titles; we ignore case)."""
+        if not wanted:
+            return NONE
+        found = next((t for t in self.selectable if t.lower() == str(wanted).strip().lower()), None)
+        if found is None:
+            gr.Warning(f"Cannot find the script '{wanted}' of the pasted parameters: none selected.")
+            return NONE
+        return found
+
+
+def _infotext_fields(script: Any, components: list) -> list[tuple[Any, Any]]:
+    """A script's (component, infotext key or fn(params)) pairs, for components its ui() built in this UI."""
+    built = set(components)
+    fields = []
+    for entry in getattr(script, "infotext_fields", None) or []:
+        if isinstance(entry, (tuple, list)) and len(entry) == 2 and entry[0] in built:
+            fields.append((entry[0], entry[1]))
+    return fields
+
+
+def _paste_fields(fields: list[tuple[Any, Any]], params: Mapping[str, Any]) -> dict[Any, Any]:
+    """As A1111: a key the infotext lacks leaves its control alone; values take the type of the control's."""
+    updates: dict[Any, Any] = {}
+    for component, key in fields:
+        try:
+            value = key(params) if callable(key) else params.get(key)
+        except Exception as e:  # an extension's paste function: a failure costs that field only
+            log.warning("pasting infotext into %s failed: %s", getattr(component, "label", component), e)
+            continue
+        if value is not None:
+            updates[component] = value if callable(key) else _typed(component, value)
+    return updates
+
+
+def _typed(component: Any, value: Any) -> Any:
+    current = getattr(component, "value", None)
+    try:
+        if isinstance(current, bool):
+            return str(value).strip().lower() in ("true", "1", "yes")
+        if isinstance(current, (int, float)):
+            number = float(value)
+            return int(number) if isinstance(current, int) and number.is_integer() else number
+    except (TypeError, ValueError):
+        return gr.update()
+    return value
 
 
 def is_builtin(request: GenerationRequest) -> bool:
@@ -121,8 +191,17 @@ def _xyz(tab: str, is_img2img: bool) -> ScriptControls:
             result += [d[kind] or "Nothing", d[values] or "", None]
         return result + [bool(d[legend]), bool(d[lone]), bool(d[sub]), bool(d[keep]), int(d[margin] or 0), False]
 
+    def paste(params: Mapping[str, Any]) -> dict:
+        """A grid's infotext names only the axes it used: the others are "Nothing"."""
+        updates = {}
+        for letter, (kind, values) in zip("XYZ", axes):
+            updates[kind] = params.get(f"{letter} Type") or "Nothing"
+            updates[values] = params.get(f"{letter} Values") or ""
+        return updates
+
     components = [c for pair in axes for c in pair] + [legend, lone, sub, keep, margin]
-    return ScriptControls("X/Y/Z plot", column, components, args, builtin=True)
+    return ScriptControls("X/Y/Z plot", column, components, args, builtin=True,
+                          pasteable=[c for pair in axes for c in pair], paste=paste)
 
 
 def _prompts(tab: str, is_img2img: bool) -> ScriptControls:
@@ -199,12 +278,15 @@ def build(ctx: UIContext, tab: str, is_img2img: bool) -> ScriptsUI:
             continue
         with gr.Column(visible=False, elem_id=f"{tab}_script_ext_{len(ui.selectable)}") as column:
             components = _script_ui(runner, script, is_img2img)
-        ui.selectable[title] = ScriptControls(title, column, components)
+        fields = _infotext_fields(script, components)
+        ui.selectable[title] = ScriptControls(title, column, components, pasteable=[c for c, _ in fields],
+                                              paste=lambda params, fields=fields: _paste_fields(fields, params))
     with gr.Column(elem_id=f"{tab}_script_container", elem_classes=["script-container"]):
         for script in runner.alwayson_scripts:
             with gr.Group(elem_id=f"{tab}_alwayson_{len(ui.alwayson)}"):
                 components = _script_ui(runner, script, is_img2img)
             ui.alwayson.append((script, components))
+            ui.alwayson_fields += _infotext_fields(script, components)
 
     columns = [c.column for c in ui.selectable.values()]
     titles = list(ui.selectable)

@@ -24,10 +24,16 @@ def _tokenizer_only_encoder():
 
 
 def count_tokens(engine, text: str, steps: int = 20, negative: bool = False) -> tuple[int, int]:
+    """A1111's `N/75`: a textual-inversion embedding counts as its vectors, so the loaded model's embeddings
+    (what the extensions' providers offer for it, as a job would get them) go to the encoder."""
+    from modules import embedding_hooks
     from modules.text_encoding import PromptEncoder
 
     model = engine.models.current
-    encoder = PromptEncoder(model) if model is not None else _tokenizer_only_encoder()
+    if model is not None:
+        encoder = PromptEncoder(model, embedding_hooks.lookup_for(model))
+    else:
+        encoder = _tokenizer_only_encoder()
     comments = engine.settings.get("enable_prompt_comments") is not False
     return encoder.count_tokens(text or "", steps=steps, negative=negative, comments=comments)
 
