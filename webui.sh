@@ -30,7 +30,7 @@ fi
 REQS="${REQS_FILE:-requirements.txt}"
 STAMP="$VENV/.installed-$(basename "$REQS")"
 if [ ! -f "$STAMP" ] || [ "$REQS" -nt "$STAMP" ] || [ requirements.txt -nt "$STAMP" ] \
-        || [ requirements-nodeps.txt -nt "$STAMP" ]; then
+        || [ requirements-nodeps.txt -nt "$STAMP" ] || [ requirements-ray.txt -nt "$STAMP" ]; then
     "${PIP[@]}" install -r "$REQS"
     # spandrel (upscaler models) declares torchvision, and pip would swap our torch build to satisfy it: install
     # it alone, its other needs are in requirements.txt; modules/torchvision_standin.py covers torchvision.

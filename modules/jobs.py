@@ -159,8 +159,12 @@ class Subscription:
 
 
 class JobQueue:
-    def __init__(self, runner: Callable[[Job], Any], preview_every: int = 0, max_finished: int = 500):
+    def __init__(self, runner: Callable[[Job], Any], preview_every: int = 0, max_finished: int = 500,
+                 workers: int = 1):
         self.runner = runner
+        # Jobs that may run at once: 1 for the local model owner; one per actor for a remote pool
+        # (modules/ray_workers.py), where the runner only waits on its actor.
+        self.workers = max(1, workers)
         self.preview_every = preview_every  # plain attribute: a settings change applies at once
         self.max_finished = max_finished
         # One lock guards jobs, queue order, subscribers and seq; events are emitted while holding
@@ -170,20 +174,34 @@ class JobQueue:
         self._jobs: dict[str, Job] = {}  # insertion order = creation order
         self._pending: Deque[Job] = collections.deque()
         self._finished: Deque[str] = collections.deque()
-        self._current: Optional[Job] = None
+        self._running: list[Job] = []  # oldest start first
         self._subscribers: list[Subscription] = []
         self._seq = 0
-        self._thread: Optional[threading.Thread] = None
+        self._threads: list[threading.Thread] = []
         self._stopping = False
 
 
     def start(self) -> None:
         with self._lock:
             self._stopping = False
-            if self._thread is None or not self._thread.is_alive():
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < self.workers:
                 # Daemon: a hung generation must not keep the process alive at exit.
-                self._thread = threading.Thread(target=self._work, name="atelier-jobs", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._work, name="atelier-jobs", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def use_runner(self, runner: Callable[[Job], Any], workers: int = 1) -> None:
+        """Swap the runner and how many jobs it may run at once (before the first job is submitted)."""
+        with self._lock:
+            self.runner = runner
+        self.set_workers(workers)
+
+    def set_workers(self, workers: int) -> None:
+        """Change how many jobs may run at once; surplus worker threads end after their current job."""
+        with self._lock:
+            self.workers = max(1, workers)
+            self._wake.notify_all()
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Cancel queued jobs, interrupt the running one, stop the worker. True if it stopped."""
@@ -193,17 +211,16 @@ class JobQueue:
             self._pending.clear()
             for job in cancelled:
                 self._finish(job, JobState.cancelled)
-            if self._current is not None:
-                self._current.control.interrupt()
+            for job in self._running:
+                job.control.interrupt()
             self._wake.notify_all()
-            thread = self._thread
+            threads = [t for t in self._threads if t is not threading.current_thread()]
         for job in cancelled:
             _run_hook(job)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
-
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
     def submit(self, request: GenerationRequest, kind: str = "txt2img",
                on_finished: Optional[Callable[[Job], None]] = None) -> Job:
@@ -219,7 +236,7 @@ class JobQueue:
             self._pending.append(job)
             self._emit(job, "queued", kind=kind, position=len(self._pending))
             self._wake.notify()
-        if self._thread is None or not self._thread.is_alive():
+        if sum(t.is_alive() for t in self._threads) < self.workers:
             self.start()
         return job
 
@@ -232,8 +249,13 @@ class JobQueue:
             return list(self._jobs.values())
 
     def current(self) -> Optional[Job]:
+        """The running job (the oldest one when several run at once)."""
         with self._lock:
-            return self._current
+            return self._running[0] if self._running else None
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            return list(self._running)
 
     def queue_position(self, job_id: str) -> Optional[tuple[int, int]]:
         """(i, n) for "In queue: i/n": 1-based place among queued jobs and how many are queued."""
@@ -267,7 +289,7 @@ class JobQueue:
     def interrupt(self, job_id: Optional[str] = None) -> bool:
         """Interrupt the given (or running) job; a queued one is cancelled instead."""
         with self._lock:
-            job = self._current if job_id is None else self._jobs.get(job_id)
+            job = (self._running[0] if self._running else None) if job_id is None else self._jobs.get(job_id)
             if job is None or job.is_finished:
                 return False
             if job.state is not JobState.queued:
@@ -279,7 +301,7 @@ class JobQueue:
     def skip(self, job_id: Optional[str] = None) -> bool:
         """Skip the running job's current batch. Only a running job can skip."""
         with self._lock:
-            job = self._current if job_id is None else self._jobs.get(job_id)
+            job = (self._running[0] if self._running else None) if job_id is None else self._jobs.get(job_id)
             if job is None or job.state is not JobState.running:
                 return False
             job.control.skip()
@@ -324,15 +346,18 @@ class JobQueue:
                        progress=job.progress, eta_seconds=job.eta_seconds, preview=built)
 
     def _work(self) -> None:
+        me = threading.current_thread()
         while True:
             with self._lock:
-                self._wake.wait_for(lambda: self._pending or self._stopping)
-                if not self._pending:
-                    return  # stopping and nothing left
+                self._wake.wait_for(lambda: self._pending or self._stopping or len(self._threads) > self.workers)
+                if len(self._threads) > self.workers or not self._pending:
+                    if me in self._threads:
+                        self._threads.remove(me)
+                    return  # surplus after set_workers(), or stopping and nothing left
                 job = self._pending.popleft()
                 job.state, job.started = JobState.running, time.time()
                 job.control.started_at = time.monotonic()  # ETA counts from start, not from submit
-                self._current = job
+                self._running.append(job)
                 self._emit(job, "started", kind=job.kind)
             state, error = JobState.done, None
             try:
@@ -352,7 +377,7 @@ class JobQueue:
                 state, error = JobState.failed, f"{type(e).__name__}: {e}"
                 logger.exception("job %s failed", job.id)
             with self._lock:
-                self._current = None
+                self._running.remove(job)
                 self._finish(job, state, error)
             _run_hook(job)
 
