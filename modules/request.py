@@ -134,6 +134,25 @@ class GenerationRequest:
         return self
 
 
+def check_pixel_budget(req: GenerationRequest, max_pixels: int) -> None:
+    """--max-pixels on what a request makes at once: width x height x batch_size, for the first pass and, with
+    hires fix, for its target size. Call after validate(). Raises ValidationError naming the field to change."""
+    if max_pixels <= 0:
+        return
+    sizes = [("width", req.width, req.height)]
+    if req.enable_hr:
+        from modules.processing import hires_size  # the one rule for the target size; processing imports us
+
+        tw, th = hires_size(req)
+        sizes.append(("hr_resize_x" if req.hr_resize_x or req.hr_resize_y else "hr_scale", tw, th))
+    for name, w, h in sizes:
+        if w * h > max_pixels:
+            raise ValidationError(name, f"{w}x{h} is {w * h} pixels; at most {max_pixels} (--max-pixels)")
+        if w * h * req.batch_size > max_pixels:
+            raise ValidationError("batch_size", f"{req.batch_size} images of {w}x{h} are {w * h * req.batch_size} "
+                                                f"pixels at once; at most {max_pixels} (--max-pixels)")
+
+
 def _check_int(req: GenerationRequest, name: str, low: int, high: int, field: Optional[str] = None) -> None:
     value = getattr(req, name)
     if not isinstance(value, int) or isinstance(value, bool):

@@ -103,6 +103,9 @@ def test_options_round_trip_every_option(api):
         elif isinstance(option.default, int):
             changed[name] = int(option.maximum if option.maximum is not None and default != option.maximum
                                 else (option.minimum or 0))
+        elif isinstance(option.default, float):
+            changed[name] = float(option.maximum if option.maximum is not None and default != option.maximum
+                                  else (option.minimum or 0.0))
         elif name.startswith("outdir_"):
             changed[name] = ""  # a real folder would redirect later tests' saves
         else:

@@ -12,6 +12,7 @@ A thin adapter: bodies become GenerationRequests, which go through the engine's 
     extensions_api.py  /atelier/v1/extensions: install, enable/disable, update, uninstall
     merge_api.py   /atelier/v1/merge: the checkpoint merger
     server.py      the one app for UI + API (auth, CSRF, CORS middleware), served by uvicorn
+    limits.py      --max-upload-size (413 before a body is read); JSON bodies that are text (CheckedJsonRoute)
 """
 from __future__ import annotations
 

@@ -75,7 +75,8 @@ def install(app: FastAPI) -> None:
     async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return JSONResponse(status_code=exc.status_code, headers=getattr(exc, "headers", None),
-                            content=body(_REASONS.get(exc.status_code, "HTTPException"), detail))
+                            content=body(_REASONS.get(exc.status_code, "HTTPException"), detail,
+                                         getattr(exc, "field", None)))  # BodyTooLarge names the body
 
     async def on_checkpoint(request: Request, exc: CheckpointError) -> JSONResponse:
         return JSONResponse(status_code=500, content=body(type(exc).__name__, str(exc), "sd_model_checkpoint"))

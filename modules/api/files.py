@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
+from typing import Optional
 
 from fastapi import Query
 from fastapi.responses import FileResponse, Response
@@ -15,6 +17,22 @@ from .errors import ApiError
 from .routes import Routes
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif"})
+# On POSIX a backslash or a drive letter is never part of a path we wrote: it is a Windows path (`..\\x`, `C:\\`,
+# `\\\\server\\share`) aimed at a server that might treat it as one. Refuse it rather than look for such a file.
+_WINDOWS_PATH = re.compile(r"\\|^[A-Za-z]:")
+
+
+def path_text_problem(value: str) -> Optional[str]:
+    """Why a client's path text can't name one of our files (empty, NUL bytes, a Windows form on POSIX), or None."""
+    if not value or "\x00" in value:
+        return "must be a non-empty path without NUL bytes"
+    if os.sep == "/" and _WINDOWS_PATH.search(value):
+        return "Windows-style paths (\\, C:, \\\\server\\share) are not accepted"
+    return None
+
+
+def is_inside(real: Path, roots: list[Path]) -> bool:
+    return any(real == root or root in real.parents for root in roots)
 
 
 def allowed_roots(engine: Engine) -> list[Path]:
@@ -28,13 +46,15 @@ def allowed_roots(engine: Engine) -> list[Path]:
 
 def resolve_output_file(engine: Engine, path: str) -> Path:
     """The file for `path` (relative to outputs/, or absolute), or ApiError 403/404."""
-    if not path or "\x00" in path:
-        raise ApiError(404, "no such file", field="path")
+    problem = path_text_problem(path)
+    if problem:
+        raise ApiError(404 if "NUL" in problem else 403, problem, field="path",
+                       error="NotFound" if "NUL" in problem else "Forbidden")
     candidate = Path(path)
     if not candidate.is_absolute():
         candidate = engine.paths.outputs_dir / candidate
     real = Path(os.path.realpath(candidate))
-    if not any(real == root or root in real.parents for root in allowed_roots(engine)):
+    if not is_inside(real, allowed_roots(engine)):
         raise ApiError(403, "files are served only from the output folders", field="path", error="Forbidden")
     if real.suffix.lower() not in IMAGE_SUFFIXES:
         raise ApiError(403, "only images are served", field="path", error="Forbidden")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from PIL import Image
@@ -18,10 +20,10 @@ from modules.errors import ValidationError
 from modules.jobs import Job
 from modules.processing import LATENT_UPSCALE_MODES
 from modules import builtin_scripts
-from modules.request import MAX_SIDE, GenerationRequest
+from modules.request import MAX_SIDE, GenerationRequest, check_pixel_budget
 from modules.settings import Settings
 
-from . import images
+from . import files, images
 from .models import GenerationBody, Img2ImgBody, Txt2ImgBody
 from .service import JobMeta
 
@@ -51,7 +53,8 @@ def _value(body: GenerationBody, name: str) -> Any:
 
 
 def build_request(engine: Engine, body: GenerationBody, kind: str,
-                  decode: Callable[[object, str], Image.Image] = images.decode_image) -> GenerationRequest:
+                  decode: Callable[[object, str], Image.Image] = images.decode_image,
+                  max_pixels: int = images.DEFAULT_MAX_PIXELS) -> GenerationRequest:
     """The GenerationRequest for an A1111 body. Raises ValidationError naming the field."""
     v = lambda name: _value(body, name)  # noqa: E731
     sent = body.model_fields_set
@@ -92,7 +95,7 @@ def build_request(engine: Engine, body: GenerationBody, kind: str,
     request = GenerationRequest(**fields)
     if body.infotext:
         request = _apply_infotext(engine, body.infotext, request, sent, fields)
-    preflight(engine, request, kind)
+    preflight(engine, request, kind, max_pixels)
     return request
 
 
@@ -123,7 +126,8 @@ def _apply_infotext(engine: Engine, text: str, request: GenerationRequest, sent:
     return from_text.copy(**changes)
 
 
-def preflight(engine: Engine, request: GenerationRequest, kind: str) -> None:
+def preflight(engine: Engine, request: GenerationRequest, kind: str,
+              max_pixels: int = images.DEFAULT_MAX_PIXELS) -> None:
     """What the worker would refuse, refused now with the field named."""
     for name in ("sampler_name", "scheduler", "hr_upscaler", "prompt", "negative_prompt"):
         if not isinstance(getattr(request, name), str):
@@ -145,6 +149,7 @@ def preflight(engine: Engine, request: GenerationRequest, kind: str) -> None:
         request.copy(script_name=None, script_args=[]) if is_builtin_script(request) else request)
     check_overrides(engine, request.override_settings, "override_settings.")
     request.validate()
+    check_pixel_budget(request, max_pixels)
 
 
 def check_overrides(engine: Engine, overrides: dict[str, Any], prefix: str = "") -> None:
@@ -157,6 +162,8 @@ def check_overrides(engine: Engine, overrides: dict[str, Any], prefix: str = "")
             scratch.set(name, value, save=False)
         except ValidationError as e:
             raise ValidationError(prefix + name, e.reason) from None
+    for name in OUTPUT_FOLDER_OPTIONS & set(overrides):
+        check_output_folder(engine, overrides[name], prefix + name)
     if overrides.get("sd_model_checkpoint"):  # "" or null: keep the current one
         find_checkpoint(engine, overrides["sd_model_checkpoint"], prefix + "sd_model_checkpoint")
     vae = overrides.get("sd_vae")
@@ -167,6 +174,28 @@ def check_overrides(engine: Engine, overrides: dict[str, Any], prefix: str = "")
             engine.models.vaes.resolve(str(vae))
         except ValidationError as e:
             raise ValidationError(prefix + "sd_vae", e.reason) from None
+
+
+# Settings that name a folder Atelier writes into (and then serves files from: files.allowed_roots).
+OUTPUT_FOLDER_OPTIONS = frozenset({"outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples"})
+
+
+def check_output_folder(engine: Engine, value: Any, field_name: str) -> None:
+    """An output folder set over HTTP must lie inside the data folder (resolved as the saver will resolve it,
+    symlinks included): a client must not make Atelier write, then serve, files anywhere else. Folders elsewhere
+    are set by the artist in Settings or config.json."""
+    if value in (None, "") or value == engine.settings.get(field_name.rsplit(".", 1)[-1]):
+        return  # unchanged: clients post back the whole of GET /options, folders set in Settings included
+    if not isinstance(value, str):
+        raise ValidationError(field_name, f"must be a folder path, got {value!r}")
+    problem = files.path_text_problem(value)
+    if problem:
+        raise ValidationError(field_name, problem)
+    real = Path(os.path.realpath(value))
+    roots = [Path(os.path.realpath(engine.paths.data_dir)), Path(os.path.realpath(engine.paths.outputs_dir))]
+    if not files.is_inside(real, roots):
+        raise ValidationError(field_name, f"through the API an output folder must lie inside {roots[0]}; "
+                                          "set other folders in Settings")
 
 
 def find_checkpoint(engine: Engine, name: Any, field_name: str = "sd_model_checkpoint"):

@@ -20,7 +20,6 @@ from pydantic import ValidationError as PydanticValidationError
 from modules.errors import ValidationError
 from modules.jobs import TERMINAL_EVENTS, Job, JobState
 
-from . import images
 from .errors import ApiError, field_from_loc
 from .routes import Routes
 from .generation import (build_request, encode_outputs, info_dict, make_meta, output_images,
@@ -39,9 +38,10 @@ def register(app, service: ApiService) -> None:
     queue = engine.queue
     router = Routes(app, "/atelier/v1", ["atelier jobs"])
 
-    def submit(body: GenerationBody, kind: str, decode=images.decode_image) -> Job:
+    def submit(body: GenerationBody, kind: str) -> Job:
         webhook = check_webhook(body.webhook if isinstance(body, JobOptions) else None)
-        request = with_settings_checkpoint(engine, build_request(engine, body, kind, decode))
+        request = with_settings_checkpoint(engine, build_request(engine, body, kind, service.decode,
+                                                                 service.max_pixels))
         return service.submit(request, make_meta("atelier", kind, body, webhook))
 
     def accepted(job: Job) -> JSONResponse:
@@ -64,7 +64,7 @@ def register(app, service: ApiService) -> None:
             if isinstance(data, str) and data in cache:
                 return cache[data]
             try:
-                image = images.decode_image(data, field)
+                image = service.decode(data, field)
             except ValidationError as e:
                 raise ValidationError(f"base.{e.field}", e.reason) from None
             if isinstance(data, str):
@@ -75,7 +75,8 @@ def register(app, service: ApiService) -> None:
         prepared = []
         for i, one in enumerate(bodies):  # every job is checked before any is queued: all or nothing
             try:
-                request = with_settings_checkpoint(engine, build_request(engine, one, kind, decode_once))
+                request = with_settings_checkpoint(engine, build_request(engine, one, kind, decode_once,
+                                                                         service.max_pixels))
             except ValidationError as e:
                 field = e.field if e.field.startswith(("base.", "expand.")) else _batch_field(e.field, body)
                 raise ValidationError(field, f"{e.reason} (job {i + 1} of {len(bodies)})") from None

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from modules import merging
-from modules.errors import CheckpointError
+from modules.errors import CheckpointError, ValidationError
 
 from .errors import ApiError
 from .routes import Routes
@@ -27,11 +27,22 @@ class MergeBody(BaseModel):
     add_merge_recipe: bool = True
 
 
+def check_custom_name(name: str) -> None:
+    """The merged file's name: a plain name inside the checkpoint folder, on any platform."""
+    name = name.strip()
+    if not name:
+        return
+    if any(c in name for c in "/\\\x00:") or name.startswith(".") or len(name) > 200:
+        raise ValidationError("custom_name", f"must be a plain file name (no /, \\, :, NUL or leading dot), "
+                                             f"got {name!r}")
+
+
 def register(app, engine) -> None:
     router = Routes(app, "/atelier/v1", ["merge"])
 
     @router.post("/merge")
     async def merge(body: MergeBody) -> dict[str, Any]:
+        check_custom_name(body.custom_name)  # before minutes of merging, not after
         # Streams tensor by tensor; it doesn't touch the loaded model, so it runs beside the job queue.
         try:
             result = await run_in_threadpool(lambda: merging.merge_by_name(engine.models, **body.model_dump()))

@@ -47,7 +47,7 @@ def register(app, service: ApiService) -> None:
     router = Routes(app, "/sdapi/v1", ["sdapi (A1111 compatible)"])
 
     async def generate(body: GenerationBody, kind: str) -> dict[str, Any]:
-        request = await run_in_threadpool(build_request, engine, body, kind)
+        request = await run_in_threadpool(build_request, engine, body, kind, service.decode, service.max_pixels)
         request = with_settings_checkpoint(engine, request)
         if is_builtin_script(request):  # built-in scripts queue their own jobs, so they run here, not on the worker
             result = await run_in_threadpool(builtin_scripts.run_script, engine, request)
@@ -70,13 +70,13 @@ def register(app, service: ApiService) -> None:
     # -- extras and png info ---------------------------------------------------------------------
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     def extra_single_image(body: ExtrasSingleImageBody) -> dict[str, Any]:
-        image = images.decode_image(body.image, "image")
+        image = service.decode(body.image, "image")
         result, info = run_extras(image, body)
         return {"html_info": info, "image": result if body.show_extras_results else None}
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
     def extra_batch_images(body: ExtrasBatchImagesBody) -> dict[str, Any]:
-        sources = [images.decode_image(item.data, f"imageList.{i}.data") for i, item in enumerate(body.imageList)]
+        sources = [service.decode(item.data, f"imageList.{i}.data") for i, item in enumerate(body.imageList)]
         results, info = [], ""
         for image in sources:
             encoded, info = run_extras(image, body)
@@ -101,7 +101,7 @@ def register(app, service: ApiService) -> None:
 
     @router.post("/png-info", response_model=PNGInfoResponse)
     def png_info(body: PNGInfoBody) -> dict[str, Any]:
-        image = images.decode_image(body.image, "image")
+        image = service.decode(body.image, "image")
         text, items = infotext.read_image_infotext(image)
         text = text or ""
         return {"info": text, "items": {str(k): _json_safe(v) for k, v in items.items()},

@@ -15,12 +15,17 @@ log = logging.getLogger(__name__)
 
 def create_app(engine: Engine, args: argparse.Namespace) -> FastAPI:
     app = FastAPI(title="Atelier", docs_url="/docs", redoc_url=None)
+    from modules.api.limits import CheckedJsonRoute
+
+    app.router.route_class = CheckedJsonRoute  # before any route is added: every JSON body is checked text
     if args.api or args.nowebui:
         from modules.api import mount_api
 
         mount_api(app, engine, args)
     from modules.api.auth import install_cors, install_origin_check, install_ui_auth
+    from modules.api.limits import install_body_limit
 
+    install_body_limit(app, args)  # nothing reads a body before this middleware has bounded it
     install_ui_auth(app, args)
     install_origin_check(app, args)
     install_cors(app, args)  # after the API's auth middleware, so it wraps it and answers preflights

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from modules import image_input
 from modules.engine import Engine
 from modules.errors import ValidationError
 from modules.jobs import Job, JobState
@@ -64,6 +65,13 @@ class ApiService:
         self._preview: tuple[Optional[str], int, Optional[str]] = (None, -1, None)  # job id, step, base64
         # Extras (upscalers) run outside the job queue, which takes only generations; one at a time at least.
         self.extras_lock = threading.Lock()
+        pixels = getattr(args, "max_pixels", None)
+        self.max_pixels = images.DEFAULT_MAX_PIXELS if pixels is None else int(pixels)  # --max-pixels; <= 0: off
+        image_input.set_max_pixels(self.max_pixels)  # extensions decode through api.decode_image with it too
+
+    def decode(self, data: object, field: str):
+        """A client's base64 image, within --max-pixels (images.decode_image). Raises ValidationError(field)."""
+        return images.decode_image(data, field, self.max_pixels if self.max_pixels > 0 else 2**62)
 
     # -- jobs -------------------------------------------------------------------------------------
     def submit(self, request: GenerationRequest, meta: JobMeta) -> Job:
