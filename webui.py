@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                              args.hypernetwork_dir)
     paths.ensure()
     policy = choose_policy(use_cpu="all" in args.use_cpu, precision=args.precision, no_half=args.no_half,
-                           no_half_vae=args.no_half_vae)
+                           no_half_vae=args.no_half_vae, medvram=args.medvram, lowvram=args.lowvram)
     from modules.engine import Engine
 
     engine = Engine(paths, policy)
@@ -60,19 +60,25 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_download_prompt and not args.exit:
             offer_download(paths)
             engine.models.refresh()
+    workers = None
+    if args.workers == "ray":  # the only place Ray is imported (docs/scale.md)
+        try:
+            from modules.ray_workers import start_ray_workers
+        except ImportError as e:
+            raise SystemExit(f"--workers ray needs Ray ({e}): .venv/bin/pip install -r requirements-ray.txt")
+        workers = start_ray_workers(engine, args)
     log.info("device: %s; %d checkpoint(s); ready in %.1f s", policy.name, len(engine.models.checkpoints.items),
              time.monotonic() - started)
-    if args.exit:
-        unload_extensions(engine)
-        engine.shutdown()
-        return 0
-    from modules.api.server import serve
-
     try:
-        serve(engine, args)
+        if not args.exit:
+            from modules.api.server import serve
+
+            serve(engine, args)
     finally:
         unload_extensions(engine)
         engine.shutdown()
+        if workers is not None:
+            workers.close()
     return 0
 
 

@@ -1,9 +1,14 @@
 """Core benchmark: our txt2img against a plain diffusers StableDiffusionPipeline, side by side in one run.
 
     .venv/bin/python bench/core.py            # full-size SD1.5-architecture random weights, 256², 8 steps
+    .venv/bin/python bench/core.py --size 512 --steps 20
     .venv/bin/python bench/core.py --smoke    # tiny model, 1 step: only checks that the bench still runs
 
-Prints ratios (never absolute targets) and writes bench/results/core.json.
+Rows: ours, diffusers in fp32 (its defaults) and diffusers in our precision (bf16 + channels_last on a CPU
+with native bf16), on the same weights. Then a FLOP floor: the UNet's and VAE's FLOPs (counted with
+torch's FlopCounterMode on one call) over this machine's measured matmul rate is the least time the job
+could take; the ratio says how close we come. Prints ratios (never absolute targets) and writes
+bench/results/core.json.
 """
 from __future__ import annotations
 
@@ -98,12 +103,15 @@ def timed(fn, repeat: int = 1) -> float:
     return best
 
 
-def diffusers_pipeline(path: Path):
-    """Plain diffusers on the same weights: fp32, its default attention, its own __call__."""
+FP32 = DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, False)
+ENV_NOTES_GFLOP = {256: 343, 512: 1354}  # one CFG UNet step (batch 2), SD1.5, from ENV-NOTES: a cross-check
+
+
+def diffusers_pipeline(path: Path, policy: DevicePolicy = FP32):
+    """Plain diffusers on the same weights: its default attention, its own __call__; fp32 unless told."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    fp32 = DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, False)
-    m = load_checkpoint(path, fp32)
+    m = load_checkpoint(path, policy)  # our loader: the same weights, cast and laid out as the policy says
     scheduler = EulerDiscreteScheduler.from_config({k: v for k, v in m.scheduler_config.items() if k != "_class_name"})
     pipe = StableDiffusionPipeline(vae=m.vae, text_encoder=m.text_encoders[0], tokenizer=m.tokenizer, unet=m.unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
@@ -133,34 +141,71 @@ def bare_loop(model, steps: int, size: int) -> None:
         model.vae.decode(x / model.vae.config.scaling_factor).sample
 
 
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
+    """This machine's matmul rate in `dtype` (the UNet's work is nearly all matmuls and convolutions)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm up
+    return 2 * n ** 3 / timed(lambda: a @ b, repeat) / 1e9
+
+
+def counted_gflop(model, size: int) -> tuple[float, float]:
+    """GFLOP of one CFG UNet call (batch 2) and of one VAE decode at `size`, counted on real calls."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    f = model.vae_scale_factor
+    param = next(model.unet.parameters())
+    x = torch.randn(2, model.latent_channels, size // f, size // f, dtype=param.dtype)
+    context = torch.randn(2, 77, model.unet.config.cross_attention_dim, dtype=param.dtype)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as unet_count:
+            model.unet(x, torch.tensor([500]), encoder_hidden_states=context)
+        with FlopCounterMode(display=False) as vae_count:
+            model.vae.decode(x[:1].to(next(model.vae.parameters()).dtype))
+    return unet_count.get_total_flops() / 1e9, vae_count.get_total_flops() / 1e9
+
+
+def flop_floor(model, size: int, steps: int, measured_s: float, results: dict) -> None:
+    unet, vae = counted_gflop(model, size)
+    rate = matmul_gflops(model.policy.dtype)
+    floor = (steps * unet + vae) / rate
+    results.update(unet_gflop_per_step=unet, vae_gflop=vae, matmul_gflops=rate, flop_floor_s=floor,
+                   floor_over_ours=floor / measured_s)
+    check = f" (ENV-NOTES: {ENV_NOTES_GFLOP[size]:,})" if size in ENV_NOTES_GFLOP and unet > 100 else ""
+    print(f"FLOP floor: UNet {unet:,.0f} GFLOP/step{check} x {steps} + VAE decode {vae:,.0f} GFLOP at "
+          f"{rate:,.0f} GFLOP/s ({str(model.policy.dtype).replace('torch.', '')} matmul) = {floor:.2f}s; "
+          f"ours {measured_s:.2f}s -> floor/ours {floor / measured_s:.2f} (1.00 = every FLOP at matmul speed)")
+
+
 def ours(model, steps: int, size: int):
     request = GenerationRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=1, steps=steps, width=size,
                                 height=size, sampler_name="Euler", cfg_scale=7.0)
     return generate(request, model)
 
 
-def run(smoke: bool, tiny_only: bool = False) -> dict:
+def run(smoke: bool, tiny_only: bool = False, size: int = 256, steps: int = 8) -> dict:
     results: dict = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "smoke": smoke}
     policy = choose_policy()
     configure_backend(policy)
     results["policy"] = policy.name
 
     # Tiny-model loop overhead: our generate() against the bare loop over the same components.
-    tiny = load_checkpoint(tiny_checkpoint(), DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, False))
-    steps = 1 if smoke else 20
-    ours(tiny, steps, 64), bare_loop(tiny, steps, 64)  # warm up
+    tiny = load_checkpoint(tiny_checkpoint(), FP32)
+    tiny_steps = 1 if smoke else 20
+    ours(tiny, tiny_steps, 64), bare_loop(tiny, tiny_steps, 64)  # warm up
     # Alternate the two and keep each one's best, so a burst of load elsewhere can't favour either side.
     t_ours = t_bare = float("inf")
     for _ in range(1 if smoke else 9):
-        t_ours = min(t_ours, timed(lambda: ours(tiny, steps, 64)))
-        t_bare = min(t_bare, timed(lambda: bare_loop(tiny, steps, 64)))
+        t_ours = min(t_ours, timed(lambda: ours(tiny, tiny_steps, 64)))
+        t_bare = min(t_bare, timed(lambda: bare_loop(tiny, tiny_steps, 64)))
     results["tiny_overhead"] = t_ours / t_bare - 1
-    print(f"tiny model, {steps} steps: ours {t_ours:.3f}s, bare loop {t_bare:.3f}s -> overhead {results['tiny_overhead']:+.1%}")
+    print(f"tiny model, {tiny_steps} steps: ours {t_ours:.3f}s, bare loop {t_bare:.3f}s -> overhead "
+          f"{results['tiny_overhead']:+.1%}")
+    if smoke:  # the floor's code on the tiny model, so the smoke run covers it
+        flop_floor(tiny, 64, tiny_steps, t_ours, results)
     if smoke or tiny_only:
         return results
 
     path = full_size_checkpoint()
-    size, steps = 256, 8
     load_cold = timed(lambda: load_checkpoint(path, policy))
     with PeakRSS() as load_peak:
         start = time.perf_counter()
@@ -172,28 +217,42 @@ def run(smoke: bool, tiny_only: bool = False) -> dict:
     ours(model, 1, size)  # warm up kernels
     with PeakRSS() as gen_peak:
         t_ours = timed(lambda: ours(model, steps, size))
+    flop_floor(model, size, steps, t_ours, results)
     del model
-    pipe = diffusers_pipeline(path)
-    run_pipe = lambda: pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, height=size, width=size,  # noqa: E731
-                            guidance_scale=7.0, generator=torch.Generator().manual_seed(1))
-    pipe(PROMPT, num_inference_steps=1, height=size, width=size)  # warm up
-    with PeakRSS() as diff_peak:
-        t_diff = timed(run_pipe)
+    t_diff, diff_peak = time_diffusers(path, FP32, size, steps)
+    t_same, same_peak = time_diffusers(path, policy, size, steps)
     results.update(size=size, steps=steps, ours_s=t_ours, diffusers_fp32_s=t_diff, speedup=t_diff / t_ours,
-                   ours_peak_rss_gb=gen_peak.peak / 1e9, diffusers_peak_rss_gb=diff_peak.peak / 1e9,
+                   diffusers_same_precision_s=t_same, speedup_same_precision=t_same / t_ours,
+                   ours_peak_rss_gb=gen_peak.peak / 1e9, diffusers_peak_rss_gb=diff_peak / 1e9,
+                   diffusers_same_precision_peak_rss_gb=same_peak / 1e9,
                    load_peak_rss_gb=load_peak.peak / 1e9, max_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
-    print(f"txt2img {size}x{size}, {steps} steps: ours ({policy.name}) {t_ours:.1f}s "
-          f"({t_ours / steps:.2f}s/step incl. encode+decode), diffusers fp32 {t_diff:.1f}s -> {t_diff / t_ours:.2f}x faster")
-    print(f"peak RSS during generation: ours {gen_peak.peak / 1e9:.2f} GB, diffusers {diff_peak.peak / 1e9:.2f} GB")
+    same = policy.name + (" + channels_last" if policy.channels_last else "")
+    print(f"txt2img {size}x{size}, {steps} steps: ours ({same}) {t_ours:.1f}s ({t_ours / steps:.2f}s/step incl. "
+          f"encode+decode); diffusers fp32 {t_diff:.1f}s -> ours {t_diff / t_ours:.2f}x faster; "
+          f"diffusers {same} {t_same:.1f}s -> ours {t_same / t_ours:.2f}x faster")
+    print(f"peak RSS during generation: ours {gen_peak.peak / 1e9:.2f} GB, diffusers fp32 {diff_peak / 1e9:.2f} GB, "
+          f"diffusers {same} {same_peak / 1e9:.2f} GB")
     return results
+
+
+def time_diffusers(path: Path, policy: DevicePolicy, size: int, steps: int) -> tuple[float, int]:
+    """Seconds and peak RSS (bytes) of diffusers' own pipeline __call__ on the same weights."""
+    pipe = diffusers_pipeline(path, policy)
+    pipe(PROMPT, num_inference_steps=1, height=size, width=size)  # warm up
+    with PeakRSS() as peak:
+        seconds = timed(lambda: pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, height=size,
+                                     width=size, guidance_scale=7.0, generator=torch.Generator().manual_seed(1)))
+    return seconds, peak.peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny model, one step: proves the bench runs")
     parser.add_argument("--tiny-only", action="store_true", help="only the loop-overhead figure on the tiny model")
+    parser.add_argument("--size", type=int, default=256, help="image side for the full-size runs (default 256)")
+    parser.add_argument("--steps", type=int, default=8, help="sampling steps for the full-size runs (default 8)")
     args = parser.parse_args()
-    results = run(args.smoke, args.tiny_only)
+    results = run(args.smoke, args.tiny_only, args.size, args.steps)
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / ("core-smoke.json" if args.smoke else "core.json")).write_text(json.dumps(results, indent=2))
 

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--cors-allow-origins-regex", default=None, help="regex of origins allowed by CORS")
     server.add_argument("--enable-insecure-extension-access", action="store_true",
                         help="allow installing extensions from the UI even with --listen")
+    server.add_argument("--max-upload-size", type=float, default=50.0, metavar="MB",
+                        help="largest request body in MB (base64 images in JSON, uploads); 0 = no limit")
+    server.add_argument("--max-pixels", type=int, default=8192 * 8192, metavar="N",
+                        help="most pixels in a decoded input image, and in a request's width x height x batch_size "
+                             "(default 8192x8192); 0 = no limit")
     extensions = p.add_argument_group("extensions")
     extensions.add_argument("--disable-all-extensions", action="store_true",
                             help="load no extension, built-in or installed (the disabled list is kept)")
@@ -51,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="'full' forces fp32")
     compute.add_argument("--no-half", action="store_true", help="keep models in fp32")
     compute.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32")
+    workers = p.add_argument_group("workers (docs/scale.md)")
+    workers.add_argument("--workers", choices=("local", "ray"), default="local",
+                         help="'ray' runs jobs on Ray actors, one per GPU (pip install -r requirements-ray.txt)")
+    workers.add_argument("--ray-address", default=None,
+                         help="'auto' or ray://host:port of a running Ray cluster; without it a local Ray starts")
+    workers.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                         help="actors to start (default: one per GPU in the cluster, or 1 without GPUs)")
+    workers.add_argument("--ray-retries", type=int, default=1, metavar="N",
+                         help="times a job is retried on another actor when its actor dies (0: it fails)")
+    compute.add_argument("--medvram", action="store_true",
+                         help="keep only the part in use (text encoder, UNet or VAE) on the GPU; no effect on the CPU")
+    compute.add_argument("--lowvram", action="store_true",
+                         help="as --medvram, and move the UNet's blocks to the GPU one at a time (slow); "
+                              "no effect on the CPU")
     p.add_argument("--exit", action="store_true", help="set up, then exit without starting the server")
     p.add_argument("--no-download-prompt", action="store_true",
                    help="never offer to download a checkpoint when none is found")

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from modules import image_saving, infotext, samplers, upscaling
+from modules import image_saving, infotext, latent_preview, offload, optimizations, samplers, upscaling
 from modules.devices import DevicePolicy, configure_backend
 from modules.extension_callbacks import (ImageSaveParams, JobErrors, attach_denoise_hooks, run_before_image_saved,
                                          run_image_saved)
@@ -35,7 +35,7 @@ VERSION = "atelier-0.1.0"
 # Options a request may override for itself (A1111's override_settings) without touching saved settings.
 REQUEST_OPTIONS = {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "samples_format", "samples_save",
                    "grid_save", "add_model_hash_to_info", "add_model_name_to_info", "add_vae_hash_to_info",
-                   "add_vae_name_to_info", "add_version_to_infotext"}
+                   "add_vae_name_to_info", "add_version_to_infotext", "token_merging_ratio"}
 
 
 @dataclass
@@ -76,6 +76,13 @@ class Engine:
         return self.settings.get(name)
 
     def run_job(self, job: Job) -> JobOutput:
+        try:
+            return self._run_job(job)
+        finally:  # job-scoped model changes never outlive the job, whether it finished or failed
+            if self.models.current is not None:
+                optimizations.remove_token_merging(self.models.current.unet)
+
+    def _run_job(self, job: Job) -> JobOutput:
         request = job.request
         output = JobOutput(GenerationResult())
         job.result = output
@@ -88,12 +95,21 @@ class Engine:
             hooks = self.hooks.copy()
             attach_denoise_hooks(hooks, errors)
 
+            delivered: set[int] = set()
+
             def on_image(finished: FinishedImage) -> None:
+                if finished.index in delivered:  # an out-of-memory retry remakes, identically, what was kept
+                    return
+                delivered.add(finished.index)
                 text = self.infotext(request, finished, model_file=checkpoint)
                 self.keep_image(output, request, finished.image, text, finished.seed, errors)
 
+            def attempt() -> GenerationResult:
+                job.control.step = 0  # an out-of-memory retry starts the progress again
+                return generate(request, model, job.control, hooks, on_image, self.prompt_environment())
+
             notes = output.result.notes
-            output.result = generate(request, model, job.control, hooks, on_image, self.prompt_environment())
+            output.result = offload.retry_on_oom(model, attempt, notes)
             output.result.notes.extend(note for note in notes if note not in output.result.notes)
         if output.grid is None:
             self._finish_grid(request, output, "img2img" if request.is_img2img else "txt2img")
@@ -104,13 +120,21 @@ class Engine:
             self.queue.preview_every = int(value)
 
     def load_model(self, request: GenerationRequest) -> tuple[LoadedModel, ModelFile]:
-        # The request's own checkpoint, else the one chosen in settings (the UI's dropdown) if it still exists
-        # (a stale name in config.json must not fail every job), else what is loaded.
+        model, model_file = self.models.get(self.checkpoint_name(request), self.option(request, "sd_vae"))
+        # Per job, from settings: the live-preview method, and token merging (run_job removes it afterwards).
+        model.previewer = latent_preview.previewer_for(model, self.settings.get("show_progress_type"),
+                                                       self.paths.data_dir)
+        optimizations.apply_token_merging(model.unet, self.option(request, "token_merging_ratio"))
+        return model, model_file
+
+    def checkpoint_name(self, request: GenerationRequest) -> Optional[str]:
+        """The checkpoint a request runs on: its own, else the one chosen in settings (the UI's dropdown) if it
+        still exists (a stale name in config.json must not fail every job), else None (whatever is loaded)."""
         wanted = request.checkpoint
         if not wanted:
             chosen = self.settings.get("sd_model_checkpoint")
             wanted = chosen if chosen and self.models.checkpoints.find(chosen) else None
-        return self.models.get(wanted, self.option(request, "sd_vae"))
+        return wanted
 
     def prompt_environment(self) -> PromptEnvironment:
         """Prompt settings, styles.csv and the wildcards folder, read for each job (modules/prompts.py)."""
@@ -143,6 +167,8 @@ class Engine:
         opt = lambda name: self.option(request, name)  # noqa: E731
         extra = {**infotext.generation_extras(request), **image.extra_params,
                  **_script_params(extra or {}, image.index)}
+        if opt("token_merging_ratio"):
+            extra[optimizations.TOKEN_MERGING_KEY] = opt("token_merging_ratio")
         sampler, schedule = samplers.infotext_names(request.sampler_name, request.scheduler)
         return infotext.create_infotext(
             request.copy(sampler_name=sampler, scheduler=schedule), prompt=image.prompt, negative_prompt=image.negative_prompt, seed=image.seed,

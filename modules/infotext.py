@@ -280,6 +280,9 @@ def request_from_infotext(text: str, base: Optional[GenerationRequest] = None) -
         overrides["sd_vae"] = str(d["VAE"])
     emphasis = d.get("Emphasis")
     _set_or_drop(overrides, "emphasis", str(emphasis) if emphasis not in (None, "Original") else None)
+    tome = d.get("Token merging ratio")  # A1111 writes it only when token merging was on
+    tome = _to_number(d, "Token merging ratio", "override_settings.token_merging_ratio") if tome else None
+    _set_or_drop(overrides, "token_merging_ratio", tome or None)
     changes["override_settings"] = overrides
     return req.copy(**changes)
 

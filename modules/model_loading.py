@@ -48,6 +48,8 @@ class LoadedModel:
     vae_file: Optional[Any] = None  # its ModelFile, for infotext name and hash
     # The checkpoint's own VAE tensors while another VAE is swapped in (references, not copies).
     base_vae_state: dict = field(default_factory=dict, repr=False)
+    offloader: Optional[Any] = field(default=None, repr=False)  # modules/offload.py, under --medvram/--lowvram
+    previewer: Optional[Any] = field(default=None, repr=False)  # latents → live-preview image (latent_preview)
 
     @property
     def latent_channels(self) -> int:
@@ -175,12 +177,13 @@ def load_checkpoint(path: Path, policy: DevicePolicy) -> LoadedModel:
         if probe_v_prediction(unet.float()):
             family = ModelFamily("sd2-v", family.inpainting)
 
-    unet.to(device=policy.device, dtype=policy.dtype)
+    home = policy.weights_device  # the CPU under --medvram/--lowvram: offload.py brings parts over on use
+    unet.to(device=home, dtype=policy.dtype)
     if policy.channels_last:
         unet.to(memory_format=torch.channels_last)
-    vae.to(device=policy.device, dtype=policy.vae_dtype)
+    vae.to(device=home, dtype=policy.vae_dtype)
     for encoder in encoders:
-        encoder.to(device=policy.device, dtype=policy.dtype)
+        encoder.to(device=home, dtype=policy.dtype)
     scheduler_config = _shipped_config(family.name, "scheduler")
     return LoadedModel(family=family, unet=unet, vae=vae, text_encoders=encoders, tokenizer=load_tokenizer(),
                        scheduler_config=scheduler_config, policy=policy, path=path)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from modules import devices
+from modules import devices, offload, optimizations
 from modules.devices import DevicePolicy
 from modules.errors import CheckpointError
 from modules.model_files import HashCache, ModelFile, checkpoint_list, sibling_vae, vae_list
@@ -72,13 +72,18 @@ class ModelManager:
         cached = self._cache.pop(wanted.path, None)
         if cached is not None:
             model = cached[1]
-            _move(model, self.policy.device)
+            _move(model, self.policy.weights_device)
         else:
             model = load_checkpoint(wanted.path, self.policy)  # raises before the current model is touched
+            offload.attach(model)  # --medvram/--lowvram: parts come to the device on use
+            if self.settings.get("unet_compile"):
+                optimizations.compile_unet(model)
         if self.current is not None and self.current_file is not None:
             self._cache[self.current_file.path] = (self.current_file, self.current)
             if self.policy.device.type != "cpu":
                 _move(self.current, torch.device("cpu"))
+                if self.current.offloader is not None:
+                    self.current.offloader.active = None  # everything is in RAM now; the hooks bring it back
         self.current, self.current_file = model, wanted
         limit = int(self.settings.get("sd_checkpoint_cache") or 0)
         while len(self._cache) > limit:

@@ -52,6 +52,19 @@ class FinishedImage:
 
 
 @dataclass
+class SamplingStart:
+    """A sampling pass about to start, for `on_sampling` (A1111's process_before_every_sampling): `x` the
+    latents the pass starts from (txt2img's first pass: the noise; img2img and hires: the init latents),
+    `noise` its noise. Changing them in place changes the pass."""
+
+    pass_name: str  # "first" or "hires"
+    x: torch.Tensor
+    noise: torch.Tensor
+    cond: BatchPrompts
+    uncond: BatchPrompts
+
+
+@dataclass
 class GenerationResult:
     images: list[Image.Image] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
@@ -83,8 +96,10 @@ class Generation:
 
     def __init__(self, request: GenerationRequest, model: LoadedModel, control: GenerationControl,
                  hooks: Optional[Hooks] = None, on_image: Optional[Callable[[FinishedImage], None]] = None,
-                 prompt_env: Optional[PromptEnvironment] = None):
+                 prompt_env: Optional[PromptEnvironment] = None,
+                 on_sampling: Optional[Callable[[SamplingStart], None]] = None):
         self.request = request.validate()
+        self.on_sampling = on_sampling
         self.model = model
         self.control = control
         self.hooks = with_prompt_schedule(hooks or Hooks())  # each step's cond/uncond is set before other hooks
@@ -200,6 +215,8 @@ class Generation:
         x, generators = noise.initial_noise(spec, self._latent_shape(req.width, req.height),
                                             self.model.vae_scale_factor, device)
         schedulers = self._schedulers(len(spec.seeds), req.steps)
+        if self.on_sampling is not None:
+            self.on_sampling(SamplingStart("first", x, x, cond, uncond))
         state = self._state(x * schedulers[0].init_noise_sigma, cond, uncond, req.width, req.height)
         latents = denoise(self.model.unet, schedulers, schedulers[0].timesteps, state, generators, self.hooks,
                           self.control, self._preview)
@@ -221,7 +238,7 @@ class Generation:
             if upscaler.name == "None":  # hires still needs the new size
                 upscaler = upscaling.get("Lanczos")
             images = [upscaler.run(im, width, height) for im in images]
-            upscaled = vae_codec.encode(self.model, image_ops.pil_to_tensor(images))
+            upscaled = vae_codec.encode(self.model, image_ops.pil_to_tensor(images), self.result.notes)
         steps = req.hr_second_pass_steps or req.steps
         hires_spec = noise.NoiseSpec(spec.seeds, spec.subseeds, spec.subseed_strength)
         return self._img2img_pass(upscaled, hires_spec, cond, uncond, steps, width, height, pass_name="hires")
@@ -242,6 +259,8 @@ class Generation:
         hooks = self.hooks
         if setup is not None:
             init_latents = setup.init(init_latents, x)
+        if self.on_sampling is not None:
+            self.on_sampling(SamplingStart(pass_name, init_latents, x, cond, uncond))
         latents = schedulers[0].add_noise(init_latents, x, timesteps[:1].repeat(init_latents.shape[0]))
         state = self._state(latents, cond, uncond, width, height, pass_name)
         if setup is not None:
@@ -259,7 +278,8 @@ class Generation:
         job = InpaintJob.prepare(req, sources) if req.mask is not None else None
         images = job.model_inputs if job else [image_ops.resize_image(req.resize_mode, image_ops.to_rgb(im),
                                                                        req.width, req.height) for im in sources]
-        init_latents = vae_codec.encode(self.model, image_ops.pil_to_tensor(images).to(self.model.policy.device))
+        init_latents = vae_codec.encode(self.model, image_ops.pil_to_tensor(images).to(self.model.policy.device),
+                                        self.result.notes)
         setup = job.setup_for(self.model, init_latents) if job else None
         latents = self._img2img_pass(init_latents, spec, cond, uncond, req.steps, req.width, req.height, setup=setup)
         return vae_codec.decode(self.model, latents, self.result.notes), job
@@ -288,6 +308,8 @@ class Generation:
         return torch.cat([torch.ones_like(latents[:, :1]), latents], dim=1)
 
     def _preview(self, latents: torch.Tensor) -> Image.Image:
+        if self.model.previewer is not None:  # the engine's choice (show_progress_type)
+            return self.model.previewer(latents[0])
         return cheap_preview(latents[0], sdxl=self.model.family.is_sdxl)
 
 
@@ -298,10 +320,13 @@ def _img2img_steps(steps: int, strength: float) -> int:
 
 def generate(request: GenerationRequest, model: LoadedModel, control: Optional[GenerationControl] = None,
              hooks: Optional[Hooks] = None, on_image: Optional[Callable[[FinishedImage], None]] = None,
-             prompt_env: Optional[PromptEnvironment] = None) -> GenerationResult:
+             prompt_env: Optional[PromptEnvironment] = None,
+             on_sampling: Optional[Callable[[SamplingStart], None]] = None) -> GenerationResult:
     """Run a request on a loaded model. Raises ValidationError for bad input before any work is done.
-    `prompt_env` brings prompt settings, styles, wildcards and extra networks (defaults without it)."""
-    return Generation(request, model, control or GenerationControl(), hooks, on_image, prompt_env).run()
+    `prompt_env` brings prompt settings, styles, wildcards and extra networks (defaults without it);
+    `on_sampling` is told before each sampling pass starts (scripts' process_before_every_sampling)."""
+    return Generation(request, model, control or GenerationControl(), hooks, on_image, prompt_env,
+                      on_sampling).run()
 
 
 def __getattr__(name: str):  # A1111's names for extensions (StableDiffusionProcessing, process_images, ...)
