@@ -103,6 +103,7 @@ def timed(fn, repeat: int = 1) -> float:
     return best
 
 
+REPEAT = 2  # best of two for each full-size row: a single run after loading was seen up to 15% slow
 FP32 = DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, False)
 ENV_NOTES_GFLOP = {256: 343, 512: 1354}  # one CFG UNet step (batch 2), SD1.5, from ENV-NOTES: a cross-check
 
@@ -216,7 +217,7 @@ def run(smoke: bool, tiny_only: bool = False, size: int = 256, steps: int = 8) -
 
     ours(model, 1, size)  # warm up kernels
     with PeakRSS() as gen_peak:
-        t_ours = timed(lambda: ours(model, steps, size))
+        t_ours = timed(lambda: ours(model, steps, size), REPEAT)
     flop_floor(model, size, steps, t_ours, results)
     del model
     t_diff, diff_peak = time_diffusers(path, FP32, size, steps)
@@ -241,7 +242,8 @@ def time_diffusers(path: Path, policy: DevicePolicy, size: int, steps: int) -> t
     pipe(PROMPT, num_inference_steps=1, height=size, width=size)  # warm up
     with PeakRSS() as peak:
         seconds = timed(lambda: pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, height=size,
-                                     width=size, guidance_scale=7.0, generator=torch.Generator().manual_seed(1)))
+                                     width=size, guidance_scale=7.0, generator=torch.Generator().manual_seed(1)),
+                        REPEAT)
     return seconds, peak.peak
 
 
