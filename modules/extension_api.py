@@ -38,6 +38,7 @@ Files and lists (since 1.1)
     model_dir(kind), vae_files(), current_model(); load_tensors(path), load_pickle(path) (weights_only),
     read_safetensors_metadata(path), sha256_file(path), addnet_hash(path), UnsafeFileError;
     register_api_list(name, provider, refresh)   serve /sdapi/v1/loras, /embeddings, /hypernetworks
+    inpaint_crop_box(p, image)         the box of `image` that "only masked" inpainting generates, or None (since 1.2)
     decode_image(data, field)          a client's base64 image, checked as the API checks its own (size limits,
                                        bombs, odd modes; ValidationError(field, reason) -> a 422) (since 1.2)
 Settings
@@ -195,6 +196,15 @@ def current_model() -> Optional[ModelInfo]:
     return host.model_info()
 
 
+def inpaint_crop_box(p: ProcessingContext, image: Any) -> Optional[tuple[int, int, int, int]]:
+    """For an inpaint job with "only masked" (inpaint_full_res): the (left, top, right, bottom) box of `image`
+    (the img2img picture, or one of its size) that is generated, then pasted back; None when the whole picture
+    is used. Anything that must line up with the generated area, such as a control image, is cut the same way."""
+    from modules.inpainting import only_masked_box
+
+    return only_masked_box(p.to_request(), image)
+
+
 def extension_dir() -> Path:
     """The folder of the extension whose script is being imported; call it at import time."""
     from modules.compat import host
@@ -220,5 +230,5 @@ __all__ = [
     "model_dir", "vae_files", "ModelFileInfo", "current_model", "load_tensors", "load_pickle",
     "read_safetensors_metadata", "sha256_file", "addnet_hash", "UnsafeFileError", "register_api_list",
     # 1.2
-    "UNetCall", "decode_image", "ValidationError",
+    "UNetCall", "decode_image", "ValidationError", "inpaint_crop_box",
 ]

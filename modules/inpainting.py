@@ -45,9 +45,8 @@ class InpaintJob:
             invert = bool(req.inpainting_mask_invert)
             if req.inpaint_full_res:
                 mask = image_ops.prepare_mask(req.mask, source.size, req.mask_blur, invert)
-                box = image_ops.crop_region(mask, req.inpaint_full_res_padding)
+                box = _only_masked_box(req, mask)
                 if box is not None:
-                    box = image_ops.expand_to_ratio(box, req.width, req.height, source.width, source.height)
                     image = source.crop(box).resize((req.width, req.height), image_ops.LANCZOS)
                     model_mask = mask.crop(box).resize((req.width, req.height), image_ops.LANCZOS)
                     crops.append(Crop(source, mask, box))
@@ -119,3 +118,19 @@ class InpaintSetup:
         masked = vae_codec.encode(self.model, pixels * (1 - mask))
         small = F.interpolate(mask, size=masked.shape[-2:])
         return torch.cat([small, masked], dim=1)
+
+
+def only_masked_box(req: GenerationRequest, source: Image.Image) -> Optional[tuple[int, int, int, int]]:
+    """The box of `source` that "only masked" inpainting generates (None: the whole picture is used), so that
+    what must line up with it (a ControlNet's control image) can be cut the same way."""
+    if req.mask is None or not req.inpaint_full_res:
+        return None
+    mask = image_ops.prepare_mask(req.mask, source.size, req.mask_blur, bool(req.inpainting_mask_invert))
+    return _only_masked_box(req, mask)
+
+
+def _only_masked_box(req: GenerationRequest, mask: Image.Image) -> Optional[tuple[int, int, int, int]]:
+    box = image_ops.crop_region(mask, req.inpaint_full_res_padding)
+    if box is None:
+        return None
+    return image_ops.expand_to_ratio(box, req.width, req.height, mask.width, mask.height)

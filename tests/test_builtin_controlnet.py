@@ -130,7 +130,10 @@ def test_two_units_add_up(engine):
     batch = engine.generate(request(steps=4, batch_size=2, alwayson_scripts={"controlnet": {"args": [unit()]}}),
                             timeout=300)
     assert batch.state == JobState.done, batch.error
-    assert np.array_equal(np.asarray(batch.result.images[0]).astype(np.int16), one)  # a batch row = its seed alone
+    row = np.asarray(batch.result.images[0]).astype(np.int16)
+    # A batch row is its seed alone, up to one level: the ControlNet's convolutions at another batch size may
+    # round differently in float32.
+    assert np.abs(row - one).max() <= 1 and np.abs(row - one).mean() < 0.01
 
 
 def test_control_modes_and_the_pickle_file(engine):
@@ -159,6 +162,26 @@ def test_img2img_inpaint_and_hires_fix(engine):
     both = pixels(engine, [unit()], **hires)
     low_only = pixels(engine, [unit(hr_option="Low res only")], **hires)
     assert both.shape == (128, 128, 3) and differs(both, plain_hr) and differs(low_only, both)
+
+
+def test_only_masked_inpaint_cuts_the_control_image_to_the_generated_box(engine):
+    """With "only masked", a control image of the picture's size is cut to the box that is generated, so giving
+    that cut yourself makes the same pixels, and the uncut one differs from a misaligned whole-picture map."""
+    init = control_image(96)
+    mask = Image.new("L", (96, 96), 0)
+    mask.paste(255, (50, 40, 80, 70))
+    job = dict(init_images=[init], mask=mask, denoising_strength=0.75, inpaint_full_res=True,
+               inpaint_full_res_padding=8, mask_blur=0)
+    from modules.inpainting import only_masked_box
+
+    box = only_masked_box(request(**job), init)
+    assert box is not None and box != (0, 0, 96, 96)
+    kw = dict(module="none", resize_mode="Just Resize")
+    whole = pixels(engine, [unit(image=b64_png(init), **kw)], **job)
+    cut = pixels(engine, [unit(image=b64_png(init.crop(box)), **kw)], **job)
+    assert np.array_equal(whole, cut)
+    uncut = pixels(engine, [unit(image=b64_png(init.resize((95, 95))), **kw)], **job)  # not cut: the whole picture
+    assert differs(whole[40:70, 50:80], uncut[40:70, 50:80])
 
 
 def test_a_unit_that_cant_run_fails_the_job_naming_it(engine):

@@ -342,8 +342,9 @@ def save_tiny_ckpt_pickle(
 
 
 def build_tiny_controlnet(family: str = "sd1", seed: int = 0, zero_conv_std: float = 0.5):
-    """A ControlNet copied from the tiny UNet of `family`, its zero convolutions given seeded random weights
-    (a real ControlNet starts at zero and learns them; at zero it would change nothing)."""
+    """A ControlNet copied from the tiny UNet of `family`, its zero convolutions and its hint encoder given seeded
+    random weights: a real ControlNet starts with zero convolutions and learns them (at zero it would change
+    nothing), and learns a hint encoder that keeps the picture's shapes (a random default one washes them out)."""
     from diffusers import ControlNetModel
 
     unet = build_tiny_components(family)["unet"]
@@ -352,6 +353,12 @@ def build_tiny_controlnet(family: str = "sd1", seed: int = 0, zero_conv_std: flo
     with torch.no_grad():
         for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
             block.weight.copy_(torch.randn(block.weight.shape, generator=generator) * zero_conv_std)
+        # The hint encoder's default init (and zero last layer) washes any picture out to the same features.
+        for conv in net.controlnet_cond_embedding.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                fan_in = conv.weight[0].numel()
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * (2 / fan_in) ** 0.5)
+                conv.bias.zero_()
     return net
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modules import extension_api as api
+
 from controlnet_models import ControlNetError, ControlNetLibrary, check_fits
 from controlnet_preprocessors import find_preprocessor, preprocess
 from controlnet_units import ControlUnit, infotext_entry
@@ -183,8 +185,21 @@ def _activate_one(index: int, unit: ControlUnit, p: Any, library: ControlNetLibr
     if model_family is not None:
         check_fits(file.name, family, model_family)
     unit.model = file.title
+    image, mask = _only_masked(p, image, mask)
     control_map = detect(unit, image, mask, (int(p.height), int(p.width)))
     return [ActiveUnit(index, unit, net, control_map)]
+
+
+def _only_masked(p: Any, image: Image.Image, mask: Optional[Image.Image]):
+    """Inpaint "only masked" generates a box of the img2img picture: a control image of the picture's size is
+    cut to the same box (as sd-webui-controlnet does), so the control lines up with what is generated."""
+    init_images = list(getattr(p, "init_images", None) or [])
+    if not init_images or image.size != init_images[0].size:
+        return image, mask
+    box = api.inpaint_crop_box(p, init_images[0])
+    if box is None:
+        return image, mask
+    return image.crop(box), (mask.crop(box) if mask is not None and mask.size == image.size else mask)
 
 
 def infotext_params(active: list[ActiveUnit]) -> dict[str, str]:
