@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import socket
 import threading
 import time
@@ -87,3 +88,19 @@ def wait_until(condition, timeout: float = 60.0, message: Optional[str] = None) 
     while not condition():
         assert time.monotonic() < deadline, message or "condition not met in time"
         time.sleep(0.02)
+
+
+def events_of_one_job(stream, start_job) -> tuple[str, list[dict]]:
+    """Read an open /atelier/v1/events stream: after ": connected", call start_job() -> job id, then collect
+    that job's events up to its "done"."""
+    lines = stream.iter_lines()
+    assert next(lines) == ": connected"  # subscribed: nothing from here on is missed
+    job_id, events = start_job(), []
+    for line in lines:
+        if line.startswith("data: "):
+            event = json.loads(line[6:])
+            if event["job_id"] == job_id:
+                events.append(event)
+                if event["type"] == "done":
+                    break
+    return job_id, events

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from modules.infotext import parse_infotext
-from tests.test_api_helpers import TINY, decode, make_engine, running_server, wait_until
+from tests.test_api_helpers import TINY, decode, events_of_one_job, make_engine, running_server, wait_until
 
 
 class Gate:
@@ -148,17 +148,7 @@ def test_events_arrive_in_order_with_previews(base_url, http):
     with httpx.Client(base_url=base_url, timeout=60) as stream_client:
         with stream_client.stream("GET", "/atelier/v1/events") as response:
             assert response.headers["content-type"].startswith("text/event-stream")
-            lines = response.iter_lines()
-            assert next(lines) == ": connected"  # subscribed: nothing from here on is missed
-            job_id = submit(http, seed=21, steps=3)
-            events = []
-            for line in lines:
-                if line.startswith("data: "):
-                    event = json.loads(line[6:])
-                    if event["job_id"] == job_id:
-                        events.append(event)
-                        if event["type"] == "done":
-                            break
+            job_id, events = events_of_one_job(response, lambda: submit(http, seed=21, steps=3))
     types = [e["type"] for e in events]
     assert types == ["queued", "started", "progress", "progress", "progress", "done"]
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)

@@ -9,6 +9,7 @@ generated, which is what exercises the validation.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -26,7 +27,9 @@ from modules.extensions import load_extensions, unload_extensions
 from modules.jobs import JobState
 from tests.test_api_helpers import make_engine, running_server
 
-EXAMPLES = {GenerationMode.POSITIVE: 8, GenerationMode.NEGATIVE: 6}
+# A longer run: ATELIER_FUZZ_SCALE=20 pytest tests/test_fuzz_api.py (20x the examples per operation).
+SCALE = int(os.environ.get("ATELIER_FUZZ_SCALE", "1"))
+EXAMPLES = {GenerationMode.POSITIVE: 8 * SCALE, GenerationMode.NEGATIVE: 6 * SCALE}
 DEEPER = 2  # times as many for the routes that turn a body into a job
 # Answers that are 5xx by design, not failures: A1111's interrogate route, for which Atelier has no model.
 DELIBERATE = {("POST", "/sdapi/v1/interrogate"): 501}

@@ -12,7 +12,8 @@ ray = pytest.importorskip("ray")
 
 from modules import cmd_args  # noqa: E402
 from modules.infotext import parse_infotext  # noqa: E402
-from tests.test_api_helpers import TINY, decode, make_engine, running_server, wait_until  # noqa: E402
+from tests.test_api_helpers import (TINY, decode, events_of_one_job, make_engine, running_server,  # noqa: E402
+                                     wait_until)
 
 OBJECT_STORE_BYTES = 100 * 1024 * 1024  # Ray's minimum is 75 MB; tiny images need far less
 LONG = dict(width=64, height=64, steps=150)  # long enough to be caught mid-job on a busy machine
@@ -157,17 +158,7 @@ def test_sdapi_jobs_run_on_the_actors_and_answer_as_one_process_does(workers, ht
 
 def test_progress_and_previews_arrive_as_events(http):
     with http.stream("GET", "/atelier/v1/events") as response:
-        lines = response.iter_lines()
-        assert next(lines) == ": connected"
-        job_id = submit(http, seed=21, width=64, height=64, steps=3)
-        events = []
-        for line in lines:
-            if line.startswith("data: "):
-                event = json.loads(line[6:])
-                if event["job_id"] == job_id:
-                    events.append(event)
-                    if event["type"] == "done":
-                        break
+        _, events = events_of_one_job(response, lambda: submit(http, seed=21, width=64, height=64, steps=3))
     assert [e["type"] for e in events] == ["queued", "started", "progress", "progress", "progress", "done"]
     assert [e["step"] for e in events if e["type"] == "progress"] == [1, 2, 3]
     assert all(min(decode(e["preview"]).size) > 0 for e in events if e["type"] == "progress")

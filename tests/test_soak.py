@@ -1,7 +1,10 @@
-"""Soak: about 200 mixed requests from four concurrent clients against the real server: tiny generations (both
-APIs), list routes, bad requests, progress polls, job polls and interrupts. After a warm-up round, the process's
-RSS, open file descriptors and threads must stay flat (with slack for allocator noise), no answer may be a 5xx,
-and every image the API handed out must exist on disk as a complete file."""
+"""Soak: 200 mixed requests from eight concurrent clients against the real server: tiny generations (both APIs,
+txt2img and img2img), list routes, bad requests, progress polls, job polls, interrupts and option changes. After
+a warm-up round, the process's RSS, open file descriptors and threads must stay flat (with slack for allocator
+noise), no answer may be a 5xx, and every image the API handed out must exist on disk as a complete PNG whose
+infotext names its seed.
+
+A longer run: ATELIER_SOAK_ROUNDS=200 pytest tests/test_soak.py -s (rounds per client after the warm-up)."""
 from __future__ import annotations
 
 import gc
@@ -18,8 +21,9 @@ from PIL import Image
 
 from tests.test_api_helpers import TINY, b64_png, gradient, make_engine, running_server
 
-CLIENTS = 4
-WARMUP_ROUNDS, MEASURED_ROUNDS = 10, 40  # per client: 4 x (10 + 40) = 200 requests
+CLIENTS = 8
+WARMUP_ROUNDS = 5  # per client: 8 x (5 + 20) = 200 requests by default
+MEASURED_ROUNDS = int(os.environ.get("ATELIER_SOAK_ROUNDS", "20"))
 RSS_SLACK = 120 * 2**20
 FD_SLACK, THREAD_SLACK = 8, 6
 LISTS = ["samplers", "schedulers", "sd-models", "sd-vae", "upscalers", "prompt-styles", "loras", "scripts",
@@ -95,6 +99,10 @@ def one_request(client: httpx.Client, tally: Tally, worker: int, i: int) -> None
         if r.status_code == 200:
             with tally.lock:
                 tally.sdapi_images += len(r.json()["images"])
+    elif i % 16 == 7:  # an option change while jobs run (a setting that can't change what is made)
+        r = tally.saw(client.post("/sdapi/v1/options", json={"show_progress_every_n_steps": 1 + seed % 3}),
+                      "options")
+        assert r.status_code == 200, r.text
     else:
         with tally.lock:
             job_id = tally.job_ids[-1] if tally.job_ids else "none"
@@ -157,6 +165,8 @@ def test_mixed_load_keeps_memory_descriptors_and_threads_flat(url, engine):
     for path in on_disk:
         with Image.open(path) as image:
             image.load()  # a truncated file raises here
+            seed = path.stem.split("-")[1]  # NNNNN-SEED.png
+            assert f"Seed: {seed}," in image.info["parameters"], (path, image.info)
     # Every image any API call returned was saved: the sdapi calls (save_images) plus the atelier jobs' files.
     assert len(on_disk) == tally.sdapi_images + len(atelier_files), (len(on_disk), tally.sdapi_images,
                                                                      len(atelier_files))
