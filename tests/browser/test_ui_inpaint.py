@@ -38,6 +38,11 @@ def test_painted_mask_reaches_the_core_and_only_the_stroke_changes(page, ui_serv
     source.save(tmp_path / "source.png")
     go_to_tab(page, "inpaint")
     editor = "#inpaint_editor"
+    # An upload before the editor has mounted its canvas is lost (Gradio's editor throws on `reset_layers` and
+    # sends a blank canvas): wait until its canvas and tools are there.
+    expect(page.locator(f"{editor} canvas").first).to_be_visible()
+    expect(page.locator(f"{editor} button[aria-label='Brush']")).to_be_visible()
+    page.wait_for_timeout(300)
     page.locator(f"{editor} input[type=file]").set_input_files(str(tmp_path / "source.png"))
     expect(page.locator(editor)).to_contain_text("%")
     page.wait_for_timeout(500)  # the picture settles on the canvas
