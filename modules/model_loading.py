@@ -12,13 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-import diffusers
+from typing import TYPE_CHECKING
+
 import torch
-import transformers
-from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.loaders import single_file_utils as sfu
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from modules.devices import DevicePolicy
 from modules.errors import CheckpointError
@@ -26,9 +22,23 @@ from modules.model_family import ModelFamily, detect_model_family
 from modules.paths import CONFIGS_DIR, TOKENIZER_DIR
 from modules.safe_loading import read_state_dict
 
-# Our loader casts and places modules on purpose; the libraries' advice about it is noise in our logs.
-diffusers.utils.logging.set_verbosity_error()
-transformers.utils.logging.set_verbosity_error()
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+
+@lru_cache(maxsize=1)
+def _sfu():
+    """diffusers' single-file converters. diffusers and transformers are imported on the first load, not at
+    start: together they take seconds the UI shouldn't wait for."""
+    import diffusers
+    import transformers
+    from diffusers.loaders import single_file_utils
+
+    # Our loader casts and places modules on purpose; the libraries' advice about it is noise in our logs.
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    return single_file_utils
 
 OPENCLIP_PREFIX = {"sd2": "cond_stage_model.model.", "sd2-v": "cond_stage_model.model.",
                    "sdxl": "conditioner.embedders.1.model."}
@@ -62,6 +72,8 @@ class LoadedModel:
 
 @lru_cache(maxsize=1)
 def load_tokenizer() -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), local_files_only=True)
 
 
@@ -85,8 +97,8 @@ def sibling_config(path: Path, checkpoint: dict) -> dict:
             params = original.get("model", {}).get("params", {})
             found: dict[str, Any] = {"v_prediction": params.get("parameterization") == "v"}
             try:
-                found["unet"] = sfu.create_unet_diffusers_config_from_ldm(original, checkpoint)
-                found["vae"] = sfu.create_vae_diffusers_config_from_ldm(original, checkpoint)
+                found["unet"] = _sfu().create_unet_diffusers_config_from_ldm(original, checkpoint)
+                found["vae"] = _sfu().create_vae_diffusers_config_from_ldm(original, checkpoint)
             except (KeyError, TypeError) as e:
                 raise CheckpointError(f"{yaml_file.name}: not an LDM model config ({e})") from None
             return found
@@ -94,6 +106,9 @@ def sibling_config(path: Path, checkpoint: dict) -> dict:
 
 
 def _build(cls, config: dict, state_dict: dict, name: str) -> torch.nn.Module:
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
     with init_empty_weights():
         if cls in (CLIPTextModel, CLIPTextModelWithProjection):
             config = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -115,6 +130,7 @@ def _build(cls, config: dict, state_dict: dict, name: str) -> torch.nn.Module:
 
 
 def _text_encoder_states(family: ModelFamily, sd: dict, text_models: list) -> list[dict]:
+    sfu = _sfu()
     if family.name == "sd1":
         return [sfu.convert_ldm_clip_checkpoint(sd)]
     if family.name in ("sd2", "sd2-v"):
@@ -139,6 +155,11 @@ def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
 
 
 def load_checkpoint(path: Path, policy: DevicePolicy) -> LoadedModel:
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    sfu = _sfu()
     path = Path(path)
     sd = read_state_dict(path, policy.dtype)
     configs = sibling_config(path, sd)
@@ -194,7 +215,7 @@ def read_vae_state_dict(path: Path, vae_config: dict) -> dict[str, torch.Tensor]
     sd = read_state_dict(Path(path))
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in sd:
         return sd
-    converted = sfu.convert_ldm_vae_checkpoint(sd, vae_config)
+    converted = _sfu().convert_ldm_vae_checkpoint(sd, vae_config)
     if not converted:
         raise CheckpointError(f"{Path(path).name}: not a VAE (no encoder/decoder weights found)")
     return converted
