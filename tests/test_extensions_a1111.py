@@ -123,7 +123,8 @@ def test_extension_built_with_ui_components_and_paths_internal(tiny_dir, policy,
         assert isinstance(enabled, InputAccordion) and words.multiselect
         types = {c["id"]: c["type"] for c in blocks.get_config_file()["components"]}
         assert types[enabled._id] == "checkbox" and types[enabled.accordion._id] == "accordion"
-        assert "formrow" not in set(types.values()) and not (REPO_ROOT / "modules" / "ui_components.pyi").exists()
+        assert "formrow" not in set(types.values()) and not (REPO_ROOT / "modules" / "ui_components.pyi").exists() \
+            and not (REPO_ROOT / "modules" / "ui" / "a1111_components.pyi").exists()
         # Opening the accordion sets the checkbox, and setting the checkbox opens the accordion.
         triggers = {(t[0], t[1]) for fn in blocks.fns.values() for t in fn.targets}
         accordion = enabled.accordion._id
