@@ -48,7 +48,8 @@ class ScriptArg:
     """One argument of a script, as /sdapi/v1/script-info shows it. `name` lets API clients pass arguments
     by name: alwayson_scripts: {"my script": {"args": {"strength": 0.5}}}. `check(value)`, if given, runs when a
     request arrives and raises ValueError for a value the script can't use: the API answers 422 naming the
-    argument, instead of the job failing later."""
+    argument, instead of the job failing later. What it returns (unless None) is what the script receives, so a
+    value parsed there (images decoded, say) isn't parsed again in the job."""
 
     label: str = ""
     value: Any = None  # the default
@@ -175,13 +176,15 @@ class ScriptClass:
     extension: str = ""
 
 
-def _check(arg: ScriptArg, value: Any, field_name: str) -> None:
+def _check(arg: ScriptArg, value: Any, field_name: str) -> Any:
+    """The value the script receives: `value`, or what its check made of it."""
     if arg.check is None:
-        return
+        return value
     try:
-        arg.check(value)
+        checked = arg.check(value)
     except ValueError as e:
         raise ValidationError(field_name, str(e)) from None
+    return value if checked is None else checked
 
 
 def args_from_components(components: Any) -> list[ScriptArg]:
@@ -352,15 +355,13 @@ class ScriptRunner:
                 if index is None:
                     raise ValidationError(f"{field_name}.{key}", f"script '{script.title()}' has no argument "
                                                                  f"named {key!r}")
-                _check(spec[index], value, f"{field_name}.{key}")
-                args[script.args_from + index] = value
+                args[script.args_from + index] = _check(spec[index], value, f"{field_name}.{key}")
             return
         if len(given) > len(spec):
             raise ValidationError(field_name, f"script '{script.title()}' takes {len(spec)} argument(s), "
                                               f"got {len(given)}")
-        for index, value in enumerate(given):
-            _check(spec[index], value, f"{field_name}.{index}")
-        args[script.args_from:script.args_from + len(given)] = list(given)  # the rest keep their defaults
+        checked = [_check(spec[index], value, f"{field_name}.{index}") for index, value in enumerate(given)]
+        args[script.args_from:script.args_from + len(given)] = checked  # the rest keep their defaults
 
     def for_job(self, request: "GenerationRequest", errors: JobErrors) -> "JobScripts":
         return JobScripts(self, self.script_args(request), errors)

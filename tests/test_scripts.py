@@ -206,3 +206,30 @@ def test_registry_lists_scripts_per_tab():
     with pytest.raises(ValidationError) as err:
         find_script("prompt matrix", False)
     assert err.value.field == "script_name"
+
+
+def test_a_script_args_check_refuses_with_the_field_and_hands_on_what_it_parsed(tmp_path):
+    from modules.errors import ValidationError
+    from modules.scripting import AlwaysVisible, Script, ScriptArg, ScriptClass, ScriptRunner
+
+    def parse(value):
+        if not isinstance(value, str) or not value.isdigit():
+            raise ValueError("must be a string of digits")
+        return int(value)
+
+    class Counter(Script):
+        api_args = [ScriptArg(label="Count", value="1", name="count", check=parse)]
+
+        def title(self):
+            return "Counter"
+
+        def show(self, is_img2img):
+            return AlwaysVisible
+
+    runner = ScriptRunner([ScriptClass(Counter, tmp_path / "counter.py")], is_img2img=False)
+    args = runner.script_args(req(alwayson_scripts={"counter": {"args": ["42"]}}))
+    assert args[1:] == [42]  # parsed once, at the request: the script gets the int
+    assert runner.script_args(req(alwayson_scripts={"counter": {"args": {"count": "7"}}}))[1:] == [7]
+    with pytest.raises(ValidationError) as refused:
+        runner.script_args(req(alwayson_scripts={"counter": {"args": ["x"]}}))
+    assert refused.value.field == "alwayson_scripts.counter.args.0" and "digits" in refused.value.reason
