@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from modules.engine import Engine
 
     engine = Engine(paths, policy)
+    engine.exit_wait = args.exit_wait
     from modules.extensions import load_extensions, unload_extensions
 
     engine.extensions = load_extensions(engine, args)
@@ -69,14 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         workers = start_ray_workers(engine, args)
     log.info("device: %s; %d checkpoint(s); ready in %.1f s", policy.name, len(engine.models.checkpoints.items),
              time.monotonic() - started)
+    from modules import clean_exit
+
+    clean_exit.exit_on_sigterm()  # so the finally below (and its wait for a running job) runs on SIGTERM too
     try:
         if not args.exit:
             from modules.api.server import serve
 
             serve(engine, args)
+    except KeyboardInterrupt:  # Ctrl+C: uvicorn stops serving, then raises it again here
+        log.info("interrupted: stopping")
     finally:
+        engine.shutdown()  # first: the running job stops at a step before extensions are unloaded under it
         unload_extensions(engine)
-        engine.shutdown()
         if workers is not None:
             workers.close()
     return 0

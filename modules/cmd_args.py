@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-pixels", type=int, default=8192 * 8192, metavar="N",
                         help="most pixels in a decoded input image, and in a request's width x height x batch_size "
                              "(default 8192x8192); 0 = no limit")
+    server.add_argument("--webhook-allow", default=None, metavar="HOSTS",
+                        help="comma-separated host names, IPs or CIDRs that job webhooks may call even when the policy "
+                             "would refuse them (link-local always, and with --listen loopback and private "
+                             "addresses), e.g. localhost,10.0.0.0/8,bot.example.com")
+    server.add_argument("--max-queued-per-client", type=int, default=0, metavar="N",
+                        help="most generation jobs one API client (user with a password, else IP) may have waiting "
+                             "or running; more is a 429 (0 = no limit; 20 suits a shared server)")
+    server.add_argument("--api-rate-limit", type=int, default=0, metavar="N",
+                        help="most generation requests one API client may send a minute; more is a 429 (0 = off)")
+    server.add_argument("--exit-wait", type=float, default=30.0, metavar="SECONDS",
+                        help="at exit, how long to wait for a running job to stop at its next step (default 30)")
     extensions = p.add_argument_group("extensions")
     extensions.add_argument("--disable-all-extensions", action="store_true",
                             help="load no extension, built-in or installed (the disabled list is kept)")

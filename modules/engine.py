@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from modules import image_saving, infotext, latent_preview, offload, optimizations, samplers, upscaling
+from modules import clean_exit, image_saving, infotext, latent_preview, offload, optimizations, samplers, upscaling
 from modules.devices import DevicePolicy, configure_backend
 from modules.extension_callbacks import (ImageSaveParams, JobErrors, attach_denoise_hooks, run_before_image_saved,
                                          run_image_saved)
@@ -58,6 +58,8 @@ class Engine:
         self.scripts = ScriptRegistry()  # extensions' scripts (modules/extensions.py loads them)
         self.extensions = None  # LoadedExtensions, set by webui.py after load_extensions()
         self.queue = JobQueue(self.run_job, preview_every=int(self.settings.get("show_progress_every_n_steps")))
+        self.exit_wait = clean_exit.DEFAULT_EXIT_WAIT  # --exit-wait: how long shutdown waits for a running job
+        clean_exit.stop_at_exit(self)  # never let the interpreter tear down under a job inside torch
         self.settings.on_change.append(self._setting_changed)
         configure_backend(policy)
         upscaling.refresh_model_upscalers(paths, policy, self.settings)  # a folder scan; models load on first use
@@ -194,7 +196,8 @@ class Engine:
                                    extension=self.settings.get("grid_format"))
 
     def shutdown(self) -> None:
-        self.queue.shutdown(timeout=5)
+        """Cancel queued jobs; interrupt the running one and wait (up to exit_wait) until it leaves torch."""
+        clean_exit.stop_worker(self.queue, self.exit_wait)
 
 
 def _script_params(params: dict[str, Any], index: int) -> dict[str, Any]:

@@ -13,6 +13,8 @@ A thin adapter: bodies become GenerationRequests, which go through the engine's 
     merge_api.py   /atelier/v1/merge: the checkpoint merger
     server.py      the one app for UI + API (auth, CSRF, CORS middleware), served by uvicorn
     limits.py      --max-upload-size (413 before a body is read); JSON bodies that are text (CheckedJsonRoute)
+    client_limits.py   --max-queued-per-client, --api-rate-limit (429 with Retry-After)
+    webhook_policy.py  where webhooks may point (--webhook-allow), and the pinned call
 """
 from __future__ import annotations
 

@@ -54,6 +54,11 @@ def check_basic(header: Optional[str], credentials: dict[str, str]) -> bool:
     return ok
 
 
+def basic_user(header: str) -> str:
+    """The user name of a Basic header that check_basic has accepted."""
+    return base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")[0]
+
+
 class ApiMiddleware:
     """Pure ASGI: Basic auth for protected paths, and one log line per API request with --api-log."""
 
@@ -92,7 +97,11 @@ class ApiMiddleware:
             if name == b"authorization":
                 header = value.decode("latin-1")
                 break
-        return check_basic(header, self.credentials)
+        if not check_basic(header, self.credentials):
+            return False
+        # The verified name, for per-client limits (client_limits.py): only ever set after the check.
+        scope.setdefault("state", {})["auth_user"] = basic_user(header)
+        return True
 
     async def _refuse(self, scope, send) -> None:
         if scope["type"] == "websocket":

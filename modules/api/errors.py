@@ -22,14 +22,15 @@ class ApiError(Exception):
     """Raised by routes for a response other than 200: status, message, and the field at fault if any."""
 
     def __init__(self, status: int, detail: str, field: Optional[str] = None, error: Optional[str] = None,
-                 **extra: Any):
+                 headers: Optional[dict[str, str]] = None, **extra: Any):
         super().__init__(detail)
         self.status, self.detail, self.field, self.extra = status, detail, field, extra
+        self.headers = headers  # e.g. Retry-After on a 429
         self.error = error or _REASONS.get(status, "Error")
 
 
 _REASONS = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict",
-            413: "TooLarge", 422: "ValidationError", 500: "ServerError", 503: "Unavailable"}
+            413: "TooLarge", 422: "ValidationError", 429: "TooManyRequests", 500: "ServerError", 503: "Unavailable"}
 
 
 def body(error: str, detail: str, field: Optional[str] = None, **extra: Any) -> dict:
@@ -70,7 +71,8 @@ def install(app: FastAPI) -> None:
         return JSONResponse(status_code=422, content=body("ValidationError", str(exc), exc.field))
 
     async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status, content=body(exc.error, exc.detail, exc.field, **exc.extra))
+        return JSONResponse(status_code=exc.status, content=body(exc.error, exc.detail, exc.field, **exc.extra),
+                            headers=exc.headers)
 
     async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)

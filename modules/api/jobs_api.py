@@ -11,7 +11,7 @@ import math
 import time
 from typing import Any, AsyncIterator, Optional
 
-from fastapi import Query
+from fastapi import Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
@@ -25,7 +25,7 @@ from .routes import Routes
 from .generation import (build_request, encode_outputs, info_dict, make_meta, output_images,
                          with_settings_checkpoint)
 from .models import AtelierImg2ImgBody, AtelierTxt2ImgBody, BatchBody, GenerationBody, JobOptions
-from .service import ApiService, check_webhook
+from .service import ApiService
 
 MAX_BATCH_JOBS = 1000
 KEEPALIVE_SECONDS = 10.0
@@ -37,26 +37,29 @@ def register(app, service: ApiService) -> None:
     engine = service.engine
     queue = engine.queue
     router = Routes(app, "/atelier/v1", ["atelier jobs"])
+    submission = Depends(service.limits.submission)  # --api-rate-limit; names the client for the queue limit
 
-    def submit(body: GenerationBody, kind: str) -> Job:
-        webhook = check_webhook(body.webhook if isinstance(body, JobOptions) else None)
+    def submit(body: GenerationBody, kind: str, client: str) -> Job:
+        webhook = service.check_webhook(body.webhook if isinstance(body, JobOptions) else None)
         request = with_settings_checkpoint(engine, build_request(engine, body, kind, service.decode,
                                                                  service.max_pixels))
-        return service.submit(request, make_meta("atelier", kind, body, webhook))
+        meta = make_meta("atelier", kind, body, webhook)
+        meta.client = client
+        return service.submit(request, meta)
 
     def accepted(job: Job) -> JSONResponse:
         return JSONResponse(status_code=202, content=service.summary(job))
 
     @router.post("/txt2img", status_code=202, summary="Queue a txt2img job; answers with its id at once")
-    def submit_txt2img(body: AtelierTxt2ImgBody) -> JSONResponse:
-        return accepted(submit(body, "txt2img"))
+    def submit_txt2img(body: AtelierTxt2ImgBody, client: str = submission) -> JSONResponse:
+        return accepted(submit(body, "txt2img", client))
 
     @router.post("/img2img", status_code=202, summary="Queue an img2img (or inpaint) job")
-    def submit_img2img(body: AtelierImg2ImgBody) -> JSONResponse:
-        return accepted(submit(body, "img2img"))
+    def submit_img2img(body: AtelierImg2ImgBody, client: str = submission) -> JSONResponse:
+        return accepted(submit(body, "img2img", client))
 
     @router.post("/batch", status_code=202, summary="One job per combination of the `expand` lists")
-    def submit_batch(body: BatchBody) -> JSONResponse:
+    def submit_batch(body: BatchBody, client: str = submission) -> JSONResponse:
         kind, bodies = expand_batch(body)
         cache: dict[str, Image.Image] = {}
 
@@ -71,7 +74,8 @@ def register(app, service: ApiService) -> None:
                 cache[data] = image
             return image
 
-        webhook = check_webhook(body.webhook) or check_webhook(body.base.get("webhook"), "base.webhook")
+        webhook = service.check_webhook(body.webhook) or service.check_webhook(body.base.get("webhook"),
+                                                                               "base.webhook")
         prepared = []
         for i, one in enumerate(bodies):  # every job is checked before any is queued: all or nothing
             try:
@@ -81,7 +85,7 @@ def register(app, service: ApiService) -> None:
                 field = e.field if e.field.startswith(("base.", "expand.")) else _batch_field(e.field, body)
                 raise ValidationError(field, f"{e.reason} (job {i + 1} of {len(bodies)})") from None
             prepared.append((request, make_meta("atelier", kind, one, webhook)))
-        jobs = [service.submit(request, meta) for request, meta in prepared]
+        jobs = service.submit_all(prepared, client)
         return JSONResponse(status_code=202, content={"count": len(jobs), "kind": kind,
                                                       "ids": [job.id for job in jobs]})
 

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any, Optional
 
-from fastapi import Body
+from fastapi import Body, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from modules import builtin_scripts, infotext, samplers, upscaling
@@ -45,14 +45,18 @@ def finished_job_error(job: Job) -> Optional[ApiError]:
 def register(app, service: ApiService) -> None:
     engine = service.engine
     router = Routes(app, "/sdapi/v1", ["sdapi (A1111 compatible)"])
+    submission = Depends(service.limits.submission)  # --api-rate-limit; names the client for the queue limit
 
-    async def generate(body: GenerationBody, kind: str) -> dict[str, Any]:
+    async def generate(body: GenerationBody, kind: str, client: str) -> dict[str, Any]:
         request = await run_in_threadpool(build_request, engine, body, kind, service.decode, service.max_pixels)
         request = with_settings_checkpoint(engine, request)
         if is_builtin_script(request):  # built-in scripts queue their own jobs, so they run here, not on the worker
-            result = await run_in_threadpool(builtin_scripts.run_script, engine, request)
+            with service.limits.running(client):
+                result = await run_in_threadpool(builtin_scripts.run_script, engine, request)
             return script_response(result, make_meta("sdapi", kind, body), "png")
-        job = service.submit(request, make_meta("sdapi", kind, body))
+        meta = make_meta("sdapi", kind, body)
+        meta.client = client
+        job = service.submit(request, meta)
         await service.wait(job)
         error = finished_job_error(job)
         if error is not None:
@@ -60,27 +64,29 @@ def register(app, service: ApiService) -> None:
         return await run_in_threadpool(a1111_response, engine, job, service.meta(job.id))
 
     @router.post("/txt2img", response_model=GenerationResponse)
-    async def txt2img(body: Txt2ImgBody) -> dict[str, Any]:
-        return await generate(body, "txt2img")
+    async def txt2img(body: Txt2ImgBody, client: str = submission) -> dict[str, Any]:
+        return await generate(body, "txt2img", client)
 
     @router.post("/img2img", response_model=GenerationResponse)
-    async def img2img(body: Img2ImgBody) -> dict[str, Any]:
-        return await generate(body, "img2img")
+    async def img2img(body: Img2ImgBody, client: str = submission) -> dict[str, Any]:
+        return await generate(body, "img2img", client)
 
     # -- extras and png info ---------------------------------------------------------------------
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-    def extra_single_image(body: ExtrasSingleImageBody) -> dict[str, Any]:
+    def extra_single_image(body: ExtrasSingleImageBody, client: str = submission) -> dict[str, Any]:
         image = service.decode(body.image, "image")
-        result, info = run_extras(image, body)
+        with service.limits.running(client):  # extras run in the request, not the queue: one job while they do
+            result, info = run_extras(image, body)
         return {"html_info": info, "image": result if body.show_extras_results else None}
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-    def extra_batch_images(body: ExtrasBatchImagesBody) -> dict[str, Any]:
+    def extra_batch_images(body: ExtrasBatchImagesBody, client: str = submission) -> dict[str, Any]:
         sources = [service.decode(item.data, f"imageList.{i}.data") for i, item in enumerate(body.imageList)]
         results, info = [], ""
-        for image in sources:
-            encoded, info = run_extras(image, body)
-            results.append(encoded)
+        with service.limits.running(client):
+            for image in sources:
+                encoded, info = run_extras(image, body)
+                results.append(encoded)
         return {"html_info": info, "images": results if body.show_extras_results else []}
 
     def run_extras(image, body: ExtrasBody) -> tuple[str, str]:

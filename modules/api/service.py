@@ -6,17 +6,15 @@ Every API generation is an ordinary engine job, so /sdapi/v1, /atelier/v1 and th
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlparse
 
 from modules import image_input
 from modules.engine import Engine
@@ -26,6 +24,8 @@ from modules.request import GenerationRequest
 from modules.settings import OPTIONS
 
 from . import images
+from .client_limits import ClientLimits
+from .webhook_policy import WebhookPolicy, WebhookRefused, post_json
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,8 @@ class JobMeta:
     overrides: dict[str, Any] = field(default_factory=dict)  # override_settings as the client sent them
     restore_afterwards: bool = True
     webhook: Optional[str] = None
-    webhook_status: Optional[str] = None  # "sent 200", "failed: ...", None until called
-
-
-def check_webhook(url: Optional[str], field_name: str = "webhook") -> Optional[str]:
-    if url is None or url == "":
-        return None
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ValidationError(field_name, f"must be an http(s) URL, got {url!r}")
-    return url
+    webhook_status: Optional[str] = None  # "sent 200", "failed: ...", "refused: ...", None until called
+    client: Optional[str] = None  # who submitted it, for --max-queued-per-client (client_limits.py)
 
 
 class ApiService:
@@ -65,6 +57,8 @@ class ApiService:
         self._preview: tuple[Optional[str], int, Optional[str]] = (None, -1, None)  # job id, step, base64
         # Extras (upscalers) run outside the job queue, which takes only generations; one at a time at least.
         self.extras_lock = threading.Lock()
+        self.webhooks = WebhookPolicy.from_args(args)  # --webhook-allow, --listen
+        self.limits = ClientLimits.from_args(args)  # --max-queued-per-client, --api-rate-limit
         pixels = getattr(args, "max_pixels", None)
         self.max_pixels = images.DEFAULT_MAX_PIXELS if pixels is None else int(pixels)  # --max-pixels; <= 0: off
         image_input.set_max_pixels(self.max_pixels)  # extensions decode through api.decode_image with it too
@@ -74,14 +68,39 @@ class ApiService:
         return images.decode_image(data, field, self.max_pixels if self.max_pixels > 0 else 2**62)
 
     # -- jobs -------------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, meta: JobMeta) -> Job:
-        """Validate and queue. Raises ValidationError before anything is queued."""
-        job = self.engine.submit(request, kind=meta.kind, on_finished=self._on_finished)
+    def check_webhook(self, url: Optional[str], field_name: str = "webhook") -> Optional[str]:
+        """The webhook URL if the policy lets it be called; ValidationError(field_name) saying why not."""
+        return self.webhooks.check(url, field_name)
+
+    def submit(self, request: GenerationRequest, meta: JobMeta, reserved: bool = False) -> Job:
+        """Validate and queue. Raises ValidationError before anything is queued, and TooManyRequests (429)
+        when meta.client already has --max-queued-per-client jobs waiting or running (unless `reserved`)."""
+        if meta.client is not None and not reserved:
+            self.limits.reserve(meta.client)
+        try:
+            job = self.engine.submit(request, kind=meta.kind, on_finished=self._on_finished)
+        except BaseException:
+            if meta.client is not None:
+                self.limits.release(meta.client)
+            raise
         with self._lock:
             self._meta[job.id] = meta
             while len(self._meta) > MAX_META:
                 self._meta.popitem(last=False)
         return job
+
+    def submit_all(self, prepared: list[tuple[GenerationRequest, JobMeta]], client: str) -> list[Job]:
+        """Queue a batch for one client, counted all at once: a batch over the limit queues nothing."""
+        self.limits.reserve(client, len(prepared))
+        jobs: list[Job] = []
+        try:
+            for request, meta in prepared:
+                meta.client = client
+                jobs.append(self.submit(request, meta, reserved=True))
+        except BaseException:
+            self.limits.release(client, len(prepared) - len(jobs) - 1)  # submit released the failed one
+            raise
+        return jobs
 
     def meta(self, job_id: str) -> Optional[JobMeta]:
         with self._lock:
@@ -123,6 +142,8 @@ class ApiService:
                 pass
         if meta is None:
             return
+        if meta.client is not None:
+            self.limits.release(meta.client)
         if job.state is JobState.done and not meta.restore_afterwards and meta.overrides:
             self._keep_overrides(meta.overrides)
         if meta.webhook:
@@ -139,13 +160,12 @@ class ApiService:
 
     def _call_webhook(self, job: Job, meta: JobMeta) -> None:
         payload = json.dumps(self.summary(job), default=str).encode("utf-8")
-        request = urllib.request.Request(meta.webhook, data=payload, method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  "User-Agent": "atelier-webhook"})
-        try:
-            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
-                meta.webhook_status = f"sent {response.status}"
-        except (urllib.error.URLError, OSError, ValueError) as e:
+        try:  # checked again on a fresh resolution, and sent to the address that passed (webhook_policy.py)
+            meta.webhook_status = post_json(self.webhooks, meta.webhook, payload, WEBHOOK_TIMEOUT)
+        except WebhookRefused as e:
+            meta.webhook_status = f"refused: {e}"
+            log.warning("webhook %s for job %s refused: %s", meta.webhook, job.id, e)
+        except (OSError, ValueError, http.client.HTTPException) as e:
             meta.webhook_status = f"failed: {e}"
             log.warning("webhook %s for job %s failed: %s", meta.webhook, job.id, e)
 
