@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from modules import devices, offload, optimizations
+from modules import cpu_prepack, devices, offload, optimizations
 from modules.devices import DevicePolicy
 from modules.errors import CheckpointError
 from modules.model_files import HashCache, ModelFile, checkpoint_list, sibling_vae, vae_list
@@ -66,7 +66,15 @@ class ModelManager:
             if self.current_file is None or self.current_file.path != wanted.path:
                 self._switch_to(wanted)
             self.apply_vae(vae if vae is not None else self.settings.get("sd_vae"))
+            self._sync_prepack(self.current)
             return self.current, self.current_file
+
+    def _sync_prepack(self, model: LoadedModel) -> None:
+        """Packed conv weights on the CPU when the setting says so (off again when it doesn't); not with
+        torch.compile, which does its own packing."""
+        wanted = (bool(self.settings.get("cpu_prepack")) and not self.settings.get("unet_compile")
+                  and cpu_prepack.unavailable_reason(self.policy.device) is None)
+        cpu_prepack.sync((model.unet, model.vae), wanted)
 
     def _switch_to(self, wanted: ModelFile) -> None:
         cached = self._cache.pop(wanted.path, None)

@@ -64,6 +64,8 @@ OPTIONS: dict[str, Option] = {
                                   "Optimizations", minimum=0.0, maximum=0.9),
     "unet_compile": Option(False, "Compile the UNet with torch.compile (first image slow; applies on next load)",
                            "Optimizations"),
+    "cpu_prepack": Option(True, "On the CPU, pack convolution weights once for oneDNN (faster; a second copy of "
+                          "the conv weights in RAM)", "Optimizations"),
     "ESRGAN_tile": Option(192, "Tile size for ESRGAN upscalers (0 = no tiling)", "Upscaling", minimum=0, maximum=512),
     "ESRGAN_tile_overlap": Option(8, "Tile overlap for ESRGAN upscalers (low values = visible seam)", "Upscaling",
                                   minimum=0, maximum=48),

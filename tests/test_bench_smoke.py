@@ -53,3 +53,9 @@ def test_ray_throughput_bench_smoke_runs_one_and_two_actors():
     out, results = run_smoke("ray_throughput.py")
     assert results["smoke"] is True and results["ratio"] > 0
     assert len(results["runs"]) == 2
+
+
+def test_unet_step_bench_smoke_times_plain_and_prepacked_rows():
+    out, results = run_smoke("unet_step.py")
+    assert "UNet step" in out and results["step_s"]["plain"] > 0
+    assert "cpu_prepack" in results["step_s"] or "cpu_prepack not measured" in out
