@@ -39,11 +39,17 @@ def count_tokens(engine, text: str, steps: int = 20, negative: bool = False) -> 
 
 
 def counter_html(engine, text: str, steps: Any = 20, negative: bool = False) -> str:
+    if not (text or "").strip():  # the page's first render: no tokenizer (nor transformers) needed at start
+        return _counter_span(0, 75)
     try:
         used, limit = count_tokens(engine, text, int(steps or 20), negative)
     except Exception as e:  # a prompt the parser rejects still deserves a usable box
         log.debug("token count failed: %s", e)
         return '<span class="token-counter error" title="the prompt could not be parsed">?/75</span>'
+    return _counter_span(used, limit)
+
+
+def _counter_span(used: int, limit: int) -> str:
     over = " over" if used > 75 else ""
     return f'<span class="token-counter{over}" title="tokens used / current limit">{used}/{limit}</span>'
 
