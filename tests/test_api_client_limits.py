@@ -2,31 +2,15 @@
 Retry-After naming the limit, clients (auth users) counted apart, slots freed when jobs end."""
 from __future__ import annotations
 
-import threading
 
 import httpx
 import pytest
 
 from modules.api.client_limits import ClientLimits, TooManyRequests
-from tests.test_api_helpers import TINY, b64_png, gradient, make_engine, running_server, wait_until
+from tests.test_api_helpers import TINY, Gate, b64_png, gated_engine, gradient, running_server, wait_until
 
 ALICE, BOB = ("alice", "pw-a"), ("bob", "pw-b")
 AUTH = f"{ALICE[0]}:{ALICE[1]},{BOB[0]}:{BOB[1]}"
-
-
-class Gate:
-    """Holds the running job before its second step while armed, so jobs stay queued."""
-
-    def __init__(self):
-        self.armed, self.release = False, threading.Event()
-
-    def hook(self, state) -> None:
-        if self.armed and state.step >= 1:
-            assert self.release.wait(60)
-
-    def open(self) -> None:
-        self.armed = False
-        self.release.set()
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +20,8 @@ def gate():
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir, policy, tmp_path_factory, gate):
-    eng = make_engine(tiny_dir, policy, tmp_path_factory.mktemp("client-limits"))
-    eng.hooks.add("before_step", gate.hook)
-    yield eng
-    gate.open()
-    eng.shutdown()
+    with gated_engine(tiny_dir, policy, tmp_path_factory.mktemp("client-limits"), gate) as eng:
+        yield eng
 
 
 def held(**fields) -> dict:
@@ -57,8 +38,7 @@ def assert_429(response: httpx.Response, limit: str, value: int) -> None:
 def test_a_client_over_its_queue_limit_gets_429_until_a_job_ends(engine, gate):
     argv = ["--nowebui", "--api-auth", AUTH, "--max-queued-per-client", "2"]
     with running_server(engine, argv) as (url, app), httpx.Client(base_url=url, timeout=120) as http:
-        gate.release.clear()
-        gate.armed = True
+        gate.arm()
         first = http.post("/atelier/v1/txt2img", json=held(seed=1), auth=ALICE)
         second = http.post("/atelier/v1/txt2img", json=held(seed=2), auth=ALICE)
         assert first.status_code == second.status_code == 202

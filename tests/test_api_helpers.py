@@ -104,3 +104,36 @@ def events_of_one_job(stream, start_job) -> tuple[str, list[dict]]:
                 if event["type"] == "done":
                     break
     return job_id, events
+
+
+class Gate:
+    """Holds the running job before its second step while armed, so tests can see it run and others queue."""
+
+    def __init__(self):
+        self.armed, self.entered, self.release = False, threading.Event(), threading.Event()
+
+    def hook(self, state) -> None:
+        if self.armed and state.step >= 1:
+            self.entered.set()
+            assert self.release.wait(60)
+
+    def arm(self) -> None:
+        self.armed = True
+        self.entered.clear()
+        self.release.clear()
+
+    def open(self) -> None:
+        self.armed = False
+        self.release.set()
+
+
+@contextlib.contextmanager
+def gated_engine(tiny_dir: Path, policy, folder: Path, gate: Gate) -> Iterator[Engine]:
+    """An engine whose jobs `gate` can hold; the gate is opened before it shuts down."""
+    engine = make_engine(tiny_dir, policy, folder)
+    engine.hooks.add("before_step", gate.hook)
+    try:
+        yield engine
+    finally:
+        gate.open()
+        engine.shutdown()

@@ -14,28 +14,7 @@ import pytest
 from PIL import Image
 
 from modules.infotext import parse_infotext
-from tests.test_api_helpers import TINY, decode, events_of_one_job, make_engine, running_server, wait_until
-
-
-class Gate:
-    """Holds the running job before its second step while armed, so tests can see it run and others queue."""
-
-    def __init__(self):
-        self.armed, self.entered, self.release = False, threading.Event(), threading.Event()
-
-    def hook(self, state) -> None:
-        if self.armed and state.step >= 1:
-            self.entered.set()
-            assert self.release.wait(60)
-
-    def arm(self) -> None:
-        self.armed = True
-        self.entered.clear()
-        self.release.clear()
-
-    def open(self) -> None:
-        self.armed = False
-        self.release.set()
+from tests.test_api_helpers import TINY, Gate, decode, events_of_one_job, gated_engine, running_server, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +24,8 @@ def gate():
 
 @pytest.fixture(scope="module")
 def engine(tiny_dir, policy, tmp_path_factory, gate):
-    eng = make_engine(tiny_dir, policy, tmp_path_factory.mktemp("jobs"))
-    eng.hooks.add("before_step", gate.hook)
-    yield eng
-    gate.open()
-    eng.shutdown()
+    with gated_engine(tiny_dir, policy, tmp_path_factory.mktemp("jobs"), gate) as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
