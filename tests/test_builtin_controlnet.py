@@ -248,3 +248,20 @@ def test_sdxl_and_inpainting_checkpoints(engine):
     job = generate(engine, [unit(model="tiny-canny")], override_settings={"sd_model_checkpoint":
                                                                            "tiny-sdxl.safetensors"})
     assert job.state == JobState.failed and "made for SD1.x checkpoints" in job.error
+
+
+def test_controlnet_gets_the_cpu_fast_path_with_the_same_pixels(engine):
+    from modules import cpu_prepack
+
+    library = sys.modules["atelier_extensions.controlnet.controlnet"].library  # the script module's one library
+    engine.settings.set("cpu_prepack", False)
+    try:
+        plain = pixels(engine, [unit()])
+        [(net, _)] = [entry for key, entry in library._loaded.items() if key[0].stem == "tiny-canny"]
+        assert not cpu_prepack.is_prepacked(net)
+        engine.settings.set("cpu_prepack", True)
+        packed = pixels(engine, [unit()])
+        assert cpu_prepack.is_prepacked(net)  # through api.optimize_for_inference, as an extension would
+        assert np.abs(packed - plain).max() <= 1
+    finally:
+        engine.settings.set("cpu_prepack", True)

@@ -47,5 +47,5 @@ def test_route_and_script_info(engine):
 
 
 def test_api_version_is_declared():
-    assert extension_api.API_VERSION == "1.2"
+    assert extension_api.API_VERSION == "1.3"
     assert set(extension_api.__all__) <= set(dir(extension_api))

@@ -110,6 +110,7 @@ class ActiveUnit:
         param = next(net.parameters())
         if param.device != call.sample.device or param.dtype != call.sample.dtype:
             net.to(call.sample.device, call.sample.dtype)
+        api.optimize_for_inference(net)  # packed convs on the CPU, as the UNet has
         # "ControlNet is more important" leaves the unconditional rows alone: don't compute them at all.
         rows = ~call.uncond if self.unit.control_mode == "ControlNet is more important" else None
         if rows is not None and bool(rows.all()):
