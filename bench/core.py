@@ -29,7 +29,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from modules import cpu_prepack  # noqa: E402
-from modules.devices import DevicePolicy, choose_policy, configure_backend  # noqa: E402
+from modules.devices import DevicePolicy, choose_policy, configure_backend, free_memory  # noqa: E402
 from modules.model_loading import load_checkpoint  # noqa: E402
 from modules.processing import generate  # noqa: E402
 from modules.request import GenerationRequest  # noqa: E402
@@ -159,11 +159,14 @@ def counted_gflop(model, size: int) -> tuple[float, float]:
     param = next(model.unet.parameters())
     x = torch.randn(2, model.latent_channels, size // f, size // f, dtype=param.dtype)
     context = torch.randn(2, 77, model.unet.config.cross_attention_dim, dtype=param.dtype)
+    packed = cpu_prepack.is_prepacked(model.unet)
+    cpu_prepack.sync((model.unet, model.vae), False)  # the counter doesn't know oneDNN's packed conv op
     with torch.no_grad():
         with FlopCounterMode(display=False) as unet_count:
             model.unet(x, torch.tensor([500]), encoder_hidden_states=context)
         with FlopCounterMode(display=False) as vae_count:
             model.vae.decode(x[:1].to(next(model.vae.parameters()).dtype))
+    cpu_prepack.sync((model.unet, model.vae), packed)
     return unet_count.get_total_flops() / 1e9, vae_count.get_total_flops() / 1e9
 
 
@@ -230,6 +233,7 @@ def run(smoke: bool, tiny_only: bool = False, size: int = 256, steps: int = 8) -
     flop_floor(model, size, steps, t_ours, results)
     alternating(model, path, policy, size, steps, results)
     del model
+    free_memory()  # what the app does after an unload: RSS read below is then the next pipeline's own
     t_diff, diff_peak = time_diffusers(path, FP32, size, steps)
     t_same, same_peak = time_diffusers(path, policy, size, steps)
     results.update(size=size, steps=steps, ours_s=t_ours, diffusers_fp32_s=t_diff, speedup=t_diff / t_ours,
