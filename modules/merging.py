@@ -221,6 +221,47 @@ def merge_checkpoints(primary: Path, secondary: Optional[Path] = None, tertiary:
     Raises ValidationError for bad arguments and CheckpointError for unreadable or mismatched models, before
     anything is written."""
     started = time.monotonic()
+    _check_arguments(interp_method, precision, config_source, multiplier, secondary, tertiary)
+    discard = _discard_pattern(discard_weights)
+    user_metadata = _user_metadata(metadata_json) if save_metadata else {}
+    primary = Path(primary)
+    secondary = Path(secondary) if interp_method != "No interpolation" and secondary is not None else None
+    tertiary = Path(tertiary) if interp_method == "Add difference" and tertiary is not None else None
+    sources: list[TensorSource] = []
+    try:
+        a = _open_source(primary, sources)
+        b = _open_source(secondary, sources) if secondary is not None else None
+        c = _open_source(tertiary, sources) if tertiary is not None else None
+        vae = _read_vae(bake_in_vae) if bake_in_vae else {}
+
+        keys = [k for k in a.keys() if not (discard and discard.search(k))]
+        discarded = len(a.keys()) - len(keys)
+        if not keys:
+            raise ValidationError("discard_weights", "the regular expression discards every weight")
+        merged = [k for k in keys if _mergeable(k, a) and b is not None and k in b]
+        _check_inputs(a, b, c, merged, vae, bake_in_vae)
+        is_inpainting = any(b is not None and _inpainting_pair(a.shapes[k], b.shapes[k]) for k in merged)
+
+        name = custom_name.strip() or _output_name(interp_method, primary, secondary, tertiary, multiplier)
+        target = _target_path(Path(output_dir), name, is_inpainting, sources)
+        metadata = _metadata(sources, save_metadata, copy_metadata_fields, add_merge_recipe, user_metadata,
+                             interp_method, multiplier, precision, custom_name, config_source, bake_in_vae,
+                             discard_weights, is_inpainting, sha256_of or file_sha256)
+        blend = _Blend(a, b, c, vae, merged, multiplier, PRECISIONS[precision])
+        _write_safetensors(target, keys, {k: a.shapes[k] for k in keys}, blend.dtype_of, blend.compute, metadata,
+                           progress)
+    finally:
+        for source in sources:
+            source.close()
+
+    _copy_chosen_config(config_source, primary, secondary, tertiary, target)
+    return MergeResult(target, metadata, merged_keys=len(merged), copied_keys=len(keys) - len(merged),
+                       discarded_keys=discarded, is_inpainting=is_inpainting, seconds=time.monotonic() - started)
+
+
+def _check_arguments(interp_method: str, precision: str, config_source: str, multiplier: float,
+                     secondary: Optional[Path], tertiary: Optional[Path]) -> None:
+    """Bad arguments fail here, before any model is opened."""
     if interp_method not in INTERP_METHODS:
         raise ValidationError("interp_method", f"must be one of {', '.join(INTERP_METHODS)}, got {interp_method!r}")
     if precision not in PRECISIONS:
@@ -229,113 +270,116 @@ def merge_checkpoints(primary: Path, secondary: Optional[Path] = None, tertiary:
         raise ValidationError("config_source", f"must be one of {', '.join(CONFIG_SOURCES)}")
     if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier != multiplier:
         raise ValidationError("multiplier", f"must be a number, got {multiplier!r}")
-    needs_b, needs_c = interp_method != "No interpolation", interp_method == "Add difference"
-    if needs_b and secondary is None:
+    if interp_method != "No interpolation" and secondary is None:
         raise ValidationError("secondary_model_name", f"{interp_method} needs a secondary model (B)")
-    if needs_c and tertiary is None:
+    if interp_method == "Add difference" and tertiary is None:
         raise ValidationError("tertiary_model_name", "Add difference needs a tertiary model (C)")
+
+
+def _discard_pattern(discard_weights: str) -> Optional[re.Pattern]:
     try:
-        discard = re.compile(discard_weights) if discard_weights else None
+        return re.compile(discard_weights) if discard_weights else None
     except re.error as e:
         raise ValidationError("discard_weights", f"not a valid regular expression ({e})") from None
-    user_metadata: dict[str, Any] = {}
-    if save_metadata and metadata_json.strip():
-        try:
-            user_metadata = json.loads(metadata_json)
-        except ValueError as e:
-            raise ValidationError("metadata_json", f"not valid JSON ({e})") from None
-        if not isinstance(user_metadata, dict):
-            raise ValidationError("metadata_json", "must be a JSON object")
-    out_dtype = PRECISIONS[precision]
 
-    primary = Path(primary)
-    secondary = Path(secondary) if needs_b and secondary is not None else None
-    tertiary = Path(tertiary) if needs_c and tertiary is not None else None
-    sources: list[TensorSource] = []
+
+def _user_metadata(metadata_json: str) -> dict[str, Any]:
+    if not metadata_json.strip():
+        return {}
     try:
-        a = TensorSource(primary)
-        sources.append(a)
-        b = c = None
-        if secondary is not None:
-            b = TensorSource(secondary)
-            sources.append(b)
-        if tertiary is not None:
-            c = TensorSource(tertiary)
-            sources.append(c)
-        vae = _read_vae(bake_in_vae) if bake_in_vae else {}
+        user_metadata = json.loads(metadata_json)
+    except ValueError as e:
+        raise ValidationError("metadata_json", f"not valid JSON ({e})") from None
+    if not isinstance(user_metadata, dict):
+        raise ValidationError("metadata_json", "must be a JSON object")
+    return user_metadata
 
-        keys = [k for k in a.keys() if not (discard and discard.search(k))]
-        discarded = len(a.keys()) - len(keys)
-        if not keys:
-            raise ValidationError("discard_weights", "the regular expression discards every weight")
-        merged = [k for k in keys if _mergeable(k, a) and b is not None and k in b]
-        if b is not None:
-            _check_compatible(a, b, "B", merged)
-        if c is not None:
-            _check_compatible(a, c, "C", [k for k in merged if k in c])
-            for k in merged:
-                if k in c and c.shapes[k] != b.shapes[k]:  # type: ignore[union-attr]
-                    raise CheckpointError(f"models B and C don't match: {k} is "
-                                          f"{list(b.shapes[k])} in B and {list(c.shapes[k])} in C")  # type: ignore
-        for key, tensor in vae.items():
-            if key in a and a.shapes[key] != tuple(tensor.shape):
-                raise CheckpointError(f"{Path(bake_in_vae).name}: not a VAE for this model ({key} is "  # type: ignore
-                                      f"{list(tensor.shape)}, the model's is {list(a.shapes[key])})")
-        is_inpainting = any(b is not None and _inpainting_pair(a.shapes[k], b.shapes[k]) for k in merged)
 
-        name = custom_name.strip() or _output_name(interp_method, primary, secondary, tertiary, multiplier)
-        if any(sep in name for sep in ("/", "\\")) or name.startswith("."):
-            raise ValidationError("custom_name", f"must be a plain file name, got {name!r}")
-        name += ".inpainting" if is_inpainting else ""
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        target = output_dir / f"{name}.safetensors"
-        if target.resolve() in {s.path.resolve() for s in sources}:
-            raise ValidationError("custom_name", f"{target.name} is one of the models being merged; pick another name")
+def _open_source(path: Path, sources: list[TensorSource]) -> TensorSource:
+    """Open `path` and add it to `sources`, which the caller closes (so a later failure closes it too)."""
+    source = TensorSource(path)
+    sources.append(source)
+    return source
 
-        metadata = _metadata(sources, save_metadata, copy_metadata_fields, add_merge_recipe, user_metadata,
-                             interp_method, multiplier, precision, custom_name, config_source, bake_in_vae,
-                             discard_weights, is_inpainting, sha256_of or file_sha256)
 
-        def dtype_of(key: str) -> torch.dtype:
-            stored = vae[key].dtype if key in vae else a.dtypes[key]
-            return out_dtype if out_dtype is not None and _is_float(stored) else stored
+def _check_inputs(a: TensorSource, b: Optional[TensorSource], c: Optional[TensorSource], merged: list[str],
+                  vae: dict[str, torch.Tensor], bake_in_vae: Optional[Path]) -> None:
+    """B and C must match A (and each other) on the merged keys, and a baked VAE must fit A."""
+    if b is not None:
+        _check_compatible(a, b, "B", merged)
+    if c is not None:
+        _check_compatible(a, c, "C", [k for k in merged if k in c])
+        for k in merged:
+            if k in c and c.shapes[k] != b.shapes[k]:  # type: ignore[union-attr]
+                raise CheckpointError(f"models B and C don't match: {k} is "
+                                      f"{list(b.shapes[k])} in B and {list(c.shapes[k])} in C")  # type: ignore
+    for key, tensor in vae.items():
+        if key in a and a.shapes[key] != tuple(tensor.shape):
+            raise CheckpointError(f"{Path(bake_in_vae).name}: not a VAE for this model ({key} is "  # type: ignore
+                                  f"{list(tensor.shape)}, the model's is {list(a.shapes[key])})")
 
-        def compute(key: str, rows: tuple[int, int]) -> torch.Tensor:
-            """Rows [start, stop) of the output tensor, with A1111's arithmetic in fp32, in place where it can be."""
-            if key in vae:
-                tensor = vae[key]
-                return tensor if tensor.dim() == 0 else tensor[rows[0]:rows[1]]
-            if key not in merged:
-                return a.get(key, rows)
-            out = a.get(key, rows).to(torch.float32, copy=True)
-            other = b.get(key, rows).to(torch.float32, copy=True)  # type: ignore[union-attr]
-            if c is not None:  # Add difference: A + (B - C)·M; A1111 leaves A alone where C lacks the key
-                if key in c:
-                    other.sub_(c.get(key, rows).float()).mul_(multiplier)
-                else:
-                    other.zero_()
-                target_part = out if out.shape == other.shape else out[:, 0:4]
-                target_part.add_(other)
-            else:  # Weighted sum: A·(1 − M) + B·M
-                target_part = out if out.shape == other.shape else out[:, 0:4]  # inpainting A: 4 of 9 channels
-                target_part.mul_(1 - multiplier).add_(other.mul_(multiplier))
-            return out
 
-        _write_safetensors(target, keys, {k: a.shapes[k] for k in keys}, dtype_of, compute, metadata, progress)
-    finally:
-        for source in sources:
-            source.close()
+def _target_path(output_dir: Path, name: str, is_inpainting: bool, sources: list[TensorSource]) -> Path:
+    """`output_dir/<name>.safetensors`; the name must be a plain file name and not overwrite an input."""
+    if any(sep in name for sep in ("/", "\\")) or name.startswith("."):
+        raise ValidationError("custom_name", f"must be a plain file name, got {name!r}")
+    name += ".inpainting" if is_inpainting else ""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    target = output_dir / f"{name}.safetensors"
+    if target.resolve() in {s.path.resolve() for s in sources}:
+        raise ValidationError("custom_name", f"{target.name} is one of the models being merged; pick another name")
+    return target
 
-    if config_source != "Don't":
-        chosen = {"A, B or C": [primary, secondary, tertiary], "B": [secondary], "C": [tertiary]}[config_source]
-        for source_path in chosen:
-            if source_path is not None and any(source_path.with_name(source_path.stem + s).exists()
-                                               for s in (".yaml", ".yml", ".config.json")):
-                _copy_config(source_path, target)
-                break
-    return MergeResult(target, metadata, merged_keys=len(merged), copied_keys=len(keys) - len(merged),
-                       discarded_keys=discarded, is_inpainting=is_inpainting, seconds=time.monotonic() - started)
+
+@dataclass
+class _Blend:
+    """Each output tensor: A, the baked VAE's, or A blended with B (and C), cast to the output precision."""
+    a: TensorSource
+    b: Optional[TensorSource]
+    c: Optional[TensorSource]
+    vae: dict[str, torch.Tensor]
+    merged: list[str]
+    multiplier: float
+    out_dtype: Optional[torch.dtype]  # None: keep each tensor's own dtype
+
+    def dtype_of(self, key: str) -> torch.dtype:
+        stored = self.vae[key].dtype if key in self.vae else self.a.dtypes[key]
+        return self.out_dtype if self.out_dtype is not None and _is_float(stored) else stored
+
+    def compute(self, key: str, rows: tuple[int, int]) -> torch.Tensor:
+        """Rows [start, stop) of the output tensor, with A1111's arithmetic in fp32, in place where it can be."""
+        if key in self.vae:
+            tensor = self.vae[key]
+            return tensor if tensor.dim() == 0 else tensor[rows[0]:rows[1]]
+        if key not in self.merged:
+            return self.a.get(key, rows)
+        c, multiplier = self.c, self.multiplier
+        out = self.a.get(key, rows).to(torch.float32, copy=True)
+        other = self.b.get(key, rows).to(torch.float32, copy=True)  # type: ignore[union-attr]
+        if c is not None:  # Add difference: A + (B - C)·M; A1111 leaves A alone where C lacks the key
+            if key in c:
+                other.sub_(c.get(key, rows).float()).mul_(multiplier)
+            else:
+                other.zero_()
+            target_part = out if out.shape == other.shape else out[:, 0:4]
+            target_part.add_(other)
+        else:  # Weighted sum: A·(1 − M) + B·M
+            target_part = out if out.shape == other.shape else out[:, 0:4]  # inpainting A: 4 of 9 channels
+            target_part.mul_(1 - multiplier).add_(other.mul_(multiplier))
+        return out
+
+
+def _copy_chosen_config(config_source: str, primary: Path, secondary: Optional[Path], tertiary: Optional[Path],
+                        target: Path) -> None:
+    """Copy the first chosen input's sibling config beside the output."""
+    if config_source == "Don't":
+        return
+    chosen = {"A, B or C": [primary, secondary, tertiary], "B": [secondary], "C": [tertiary]}[config_source]
+    for source_path in chosen:
+        if source_path is not None and any(source_path.with_name(source_path.stem + s).exists()
+                                           for s in (".yaml", ".yml", ".config.json")):
+            _copy_config(source_path, target)
+            break
 
 
 def _read_vae(path: Path) -> dict[str, torch.Tensor]:

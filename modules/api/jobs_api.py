@@ -9,7 +9,7 @@ import itertools
 import json
 import math
 import time
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from fastapi import Depends, Query
 from fastapi.concurrency import run_in_threadpool
@@ -19,13 +19,14 @@ from pydantic import ValidationError as PydanticValidationError
 
 from modules.errors import ValidationError
 from modules.jobs import TERMINAL_EVENTS, Job, JobState
+from modules.request import GenerationRequest
 
 from .errors import ApiError, field_from_loc
 from .routes import Routes
 from .generation import (build_request, encode_outputs, info_dict, make_meta, output_images,
                          with_settings_checkpoint)
 from .models import AtelierImg2ImgBody, AtelierTxt2ImgBody, BatchBody, GenerationBody, JobOptions
-from .service import ApiService
+from .service import ApiService, JobMeta
 
 MAX_BATCH_JOBS = 1000
 KEEPALIVE_SECONDS = 10.0
@@ -34,60 +35,84 @@ MAX_WAIT_SECONDS = 600.0
 
 
 def register(app, service: ApiService) -> None:
-    engine = service.engine
-    queue = engine.queue
     router = Routes(app, "/atelier/v1", ["atelier jobs"])
     submission = Depends(service.limits.submission)  # --api-rate-limit; names the client for the queue limit
+    _register_submission(router, service, submission)
+    _register_job_queries(router, service)
+    _register_job_control(router, service)
+    _register_events(router, service)
 
-    def submit(body: GenerationBody, kind: str, client: str) -> Job:
-        webhook = service.check_webhook(body.webhook if isinstance(body, JobOptions) else None)
-        request = with_settings_checkpoint(engine, build_request(engine, body, kind, service.decode,
-                                                                 service.max_pixels))
-        meta = make_meta("atelier", kind, body, webhook)
-        meta.client = client
-        return service.submit(request, meta)
 
-    def accepted(job: Job) -> JSONResponse:
-        return JSONResponse(status_code=202, content=service.summary(job))
-
+def _register_submission(router: Routes, service: ApiService, submission: Any) -> None:
     @router.post("/txt2img", status_code=202, summary="Queue a txt2img job; answers with its id at once")
     def submit_txt2img(body: AtelierTxt2ImgBody, client: str = submission) -> JSONResponse:
-        return accepted(submit(body, "txt2img", client))
+        return _accepted(service, _submit(service, body, "txt2img", client))
 
     @router.post("/img2img", status_code=202, summary="Queue an img2img (or inpaint) job")
     def submit_img2img(body: AtelierImg2ImgBody, client: str = submission) -> JSONResponse:
-        return accepted(submit(body, "img2img", client))
+        return _accepted(service, _submit(service, body, "img2img", client))
 
     @router.post("/batch", status_code=202, summary="One job per combination of the `expand` lists")
     def submit_batch(body: BatchBody, client: str = submission) -> JSONResponse:
-        kind, bodies = expand_batch(body)
-        cache: dict[str, Image.Image] = {}
-
-        def decode_once(data: object, field: str) -> Image.Image:  # one decode for every job sharing an image
-            if isinstance(data, str) and data in cache:
-                return cache[data]
-            try:
-                image = service.decode(data, field)
-            except ValidationError as e:
-                raise ValidationError(f"base.{e.field}", e.reason) from None
-            if isinstance(data, str):
-                cache[data] = image
-            return image
-
-        webhook = service.check_webhook(body.webhook) or service.check_webhook(body.base.get("webhook"),
-                                                                               "base.webhook")
-        prepared = []
-        for i, one in enumerate(bodies):  # every job is checked before any is queued: all or nothing
-            try:
-                request = with_settings_checkpoint(engine, build_request(engine, one, kind, decode_once,
-                                                                         service.max_pixels))
-            except ValidationError as e:
-                field = e.field if e.field.startswith(("base.", "expand.")) else _batch_field(e.field, body)
-                raise ValidationError(field, f"{e.reason} (job {i + 1} of {len(bodies)})") from None
-            prepared.append((request, make_meta("atelier", kind, one, webhook)))
+        kind, prepared = _prepare_batch(service, body)
         jobs = service.submit_all(prepared, client)
         return JSONResponse(status_code=202, content={"count": len(jobs), "kind": kind,
                                                       "ids": [job.id for job in jobs]})
+
+
+def _submit(service: ApiService, body: GenerationBody, kind: str, client: str) -> Job:
+    engine = service.engine
+    webhook = service.check_webhook(body.webhook if isinstance(body, JobOptions) else None)
+    request = with_settings_checkpoint(engine, build_request(engine, body, kind, service.decode,
+                                                             service.max_pixels))
+    meta = make_meta("atelier", kind, body, webhook)
+    meta.client = client
+    return service.submit(request, meta)
+
+
+def _accepted(service: ApiService, job: Job) -> JSONResponse:
+    return JSONResponse(status_code=202, content=service.summary(job))
+
+
+def _prepare_batch(service: ApiService, body: BatchBody) -> tuple[str, list[tuple[GenerationRequest, JobMeta]]]:
+    """The batch's kind and a (request, meta) per job. Every job is checked before any is queued: all or nothing."""
+    engine = service.engine
+    kind, bodies = expand_batch(body)
+    decode_once = _shared_decoder(service)
+    webhook = service.check_webhook(body.webhook) or service.check_webhook(body.base.get("webhook"),
+                                                                           "base.webhook")
+    prepared = []
+    for i, one in enumerate(bodies):
+        try:
+            request = with_settings_checkpoint(engine, build_request(engine, one, kind, decode_once,
+                                                                     service.max_pixels))
+        except ValidationError as e:
+            field = e.field if e.field.startswith(("base.", "expand.")) else _batch_field(e.field, body)
+            raise ValidationError(field, f"{e.reason} (job {i + 1} of {len(bodies)})") from None
+        prepared.append((request, make_meta("atelier", kind, one, webhook)))
+    return kind, prepared
+
+
+def _shared_decoder(service: ApiService) -> Callable[[object, str], Image.Image]:
+    """A decoder for a batch's jobs: one decode for every job sharing an image; errors name the `base` field."""
+    cache: dict[str, Image.Image] = {}
+
+    def decode_once(data: object, field: str) -> Image.Image:
+        if isinstance(data, str) and data in cache:
+            return cache[data]
+        try:
+            image = service.decode(data, field)
+        except ValidationError as e:
+            raise ValidationError(f"base.{e.field}", e.reason) from None
+        if isinstance(data, str):
+            cache[data] = image
+        return image
+
+    return decode_once
+
+
+def _register_job_queries(router: Routes, service: ApiService) -> None:
+    queue = service.engine.queue
 
     @router.get("/jobs", summary="Jobs the queue knows, oldest first")
     def list_jobs(state: Optional[str] = Query(None, description="queued, running, done, failed, interrupted, "
@@ -119,48 +144,56 @@ def register(app, service: ApiService) -> None:
         if not job.is_finished:
             raise ApiError(409, f"job is {job.state.value}; ask again when it has ended (or pass ?wait=seconds)",
                            error="NotFinished", state=job.state.value, id=job.id)
-        return await run_in_threadpool(result_view, job, images_too)
+        return await run_in_threadpool(_result_view, service, job, images_too)
 
-    def result_view(job: Job, with_images: bool) -> dict[str, Any]:
-        pictures, texts, first = output_images(engine, job)
-        meta = service.meta(job.id)
-        out = service.summary(job)
-        out.update(images=encode_outputs(engine, job, pictures, texts) if with_images else [], infotexts=texts,
-                   info=info_dict(engine, job, texts, first), parameters=meta.parameters if meta else {})
-        return out
 
-    def control(job_id: str, action: str) -> dict[str, Any]:
-        job = service.get_job(job_id)
-        if action == "cancel":
-            done = queue.cancel(job.id)
-            reason = "only a queued job can be cancelled; interrupt a running one"
-        elif action == "interrupt":
-            done = queue.interrupt(job.id)
-            reason = "the job has already ended"
-        else:
-            done = queue.skip(job.id)
-            reason = "only a running job can skip"
-        if not done:
-            raise ApiError(409, f"{reason} (it is {job.state.value})", error="Conflict", state=job.state.value,
-                           id=job.id)
-        return service.summary(job)
+def _result_view(service: ApiService, job: Job, with_images: bool) -> dict[str, Any]:
+    engine = service.engine
+    pictures, texts, first = output_images(engine, job)
+    meta = service.meta(job.id)
+    out = service.summary(job)
+    out.update(images=encode_outputs(engine, job, pictures, texts) if with_images else [], infotexts=texts,
+               info=info_dict(engine, job, texts, first), parameters=meta.parameters if meta else {})
+    return out
 
+
+def _register_job_control(router: Routes, service: ApiService) -> None:
     @router.post("/jobs/{job_id}/cancel", summary="Cancel a queued job")
     def cancel_job(job_id: str) -> dict[str, Any]:
-        return control(job_id, "cancel")
+        return _control(service, job_id, "cancel")
 
     @router.delete("/jobs/{job_id}", summary="Cancel a queued job (same as POST .../cancel)")
     def delete_job(job_id: str) -> dict[str, Any]:
-        return control(job_id, "cancel")
+        return _control(service, job_id, "cancel")
 
     @router.post("/jobs/{job_id}/interrupt", summary="Stop a running job, keeping finished images")
     def interrupt_job(job_id: str) -> dict[str, Any]:
-        return control(job_id, "interrupt")
+        return _control(service, job_id, "interrupt")
 
     @router.post("/jobs/{job_id}/skip", summary="Skip the running job's current batch")
     def skip_job(job_id: str) -> dict[str, Any]:
-        return control(job_id, "skip")
+        return _control(service, job_id, "skip")
 
+
+def _control(service: ApiService, job_id: str, action: str) -> dict[str, Any]:
+    queue = service.engine.queue
+    job = service.get_job(job_id)
+    if action == "cancel":
+        done = queue.cancel(job.id)
+        reason = "only a queued job can be cancelled; interrupt a running one"
+    elif action == "interrupt":
+        done = queue.interrupt(job.id)
+        reason = "the job has already ended"
+    else:
+        done = queue.skip(job.id)
+        reason = "only a running job can skip"
+    if not done:
+        raise ApiError(409, f"{reason} (it is {job.state.value})", error="Conflict", state=job.state.value,
+                       id=job.id)
+    return service.summary(job)
+
+
+def _register_events(router: Routes, service: ApiService) -> None:
     @router.get("/events", summary="Server-sent events for every job: queued, started, progress, done, ...")
     async def events() -> StreamingResponse:
         return _sse(event_stream(service, None))
@@ -169,7 +202,6 @@ def register(app, service: ApiService) -> None:
     async def job_events(job_id: str) -> StreamingResponse:
         service.get_job(job_id)  # 404 before the stream starts
         return _sse(event_stream(service, job_id))
-
 
 
 def expand_batch(body: BatchBody) -> tuple[str, list[GenerationBody]]:

@@ -43,40 +43,51 @@ def finished_job_error(job: Job) -> Optional[ApiError]:
 
 
 def register(app, service: ApiService) -> None:
-    engine = service.engine
     router = Routes(app, "/sdapi/v1", ["sdapi (A1111 compatible)"])
     submission = Depends(service.limits.submission)  # --api-rate-limit; names the client for the queue limit
+    _register_generation(router, service, submission)
+    _register_extras(router, service, submission)
+    _register_job_control(router, service)
+    _register_settings(router, service)
+    _register_lists(router, service)
+    _register_maintenance(router, service)
 
-    async def generate(body: GenerationBody, kind: str, client: str) -> dict[str, Any]:
-        request = await run_in_threadpool(build_request, engine, body, kind, service.decode, service.max_pixels)
-        request = with_settings_checkpoint(engine, request)
-        if is_builtin_script(request):  # built-in scripts queue their own jobs, so they run here, not on the worker
-            with service.limits.running(client):
-                result = await run_in_threadpool(builtin_scripts.run_script, engine, request)
-            return script_response(result, make_meta("sdapi", kind, body), "png")
-        meta = make_meta("sdapi", kind, body)
-        meta.client = client
-        job = service.submit(request, meta)
-        await service.wait(job)
-        error = finished_job_error(job)
-        if error is not None:
-            raise error
-        return await run_in_threadpool(a1111_response, engine, job, service.meta(job.id))
 
+def _register_generation(router: Routes, service: ApiService, submission: Any) -> None:
     @router.post("/txt2img", response_model=GenerationResponse)
     async def txt2img(body: Txt2ImgBody, client: str = submission) -> dict[str, Any]:
-        return await generate(body, "txt2img", client)
+        return await _generate(service, body, "txt2img", client)
 
     @router.post("/img2img", response_model=GenerationResponse)
     async def img2img(body: Img2ImgBody, client: str = submission) -> dict[str, Any]:
-        return await generate(body, "img2img", client)
+        return await _generate(service, body, "img2img", client)
 
-    # -- extras and png info ---------------------------------------------------------------------
+
+async def _generate(service: ApiService, body: GenerationBody, kind: str, client: str) -> dict[str, Any]:
+    engine = service.engine
+    request = await run_in_threadpool(build_request, engine, body, kind, service.decode, service.max_pixels)
+    request = with_settings_checkpoint(engine, request)
+    if is_builtin_script(request):  # built-in scripts queue their own jobs, so they run here, not on the worker
+        with service.limits.running(client):
+            result = await run_in_threadpool(builtin_scripts.run_script, engine, request)
+        return script_response(result, make_meta("sdapi", kind, body), "png")
+    meta = make_meta("sdapi", kind, body)
+    meta.client = client
+    job = service.submit(request, meta)
+    await service.wait(job)
+    error = finished_job_error(job)
+    if error is not None:
+        raise error
+    return await run_in_threadpool(a1111_response, engine, job, service.meta(job.id))
+
+
+def _register_extras(router: Routes, service: ApiService, submission: Any) -> None:
+    """Extras, png info and interrogate."""
     @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
     def extra_single_image(body: ExtrasSingleImageBody, client: str = submission) -> dict[str, Any]:
         image = service.decode(body.image, "image")
         with service.limits.running(client):  # extras run in the request, not the queue: one job while they do
-            result, info = run_extras(image, body)
+            result, info = _run_extras(service, image, body)
         return {"html_info": info, "image": result if body.show_extras_results else None}
 
     @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
@@ -85,25 +96,9 @@ def register(app, service: ApiService) -> None:
         results, info = [], ""
         with service.limits.running(client):
             for image in sources:
-                encoded, info = run_extras(image, body)
+                encoded, info = _run_extras(service, image, body)
                 results.append(encoded)
         return {"html_info": info, "images": results if body.show_extras_results else []}
-
-    def run_extras(image, body: ExtrasBody) -> tuple[str, str]:
-        w, h = upscaling.target_size(image, body.resize_mode, body.upscaling_resize, body.upscaling_resize_w,
-                                     body.upscaling_resize_h)
-        if w > MAX_EXTRAS_SIDE or h > MAX_EXTRAS_SIDE or w * h > MAX_EXTRAS_PIXELS:
-            field = "upscaling_resize" if body.resize_mode == 0 else "upscaling_resize_w"
-            raise ValidationError(field, f"the result would be {w}x{h}; at most {MAX_EXTRAS_SIDE} a side")
-        text, _ = infotext.read_image_infotext(image)
-        with service.extras_lock:
-            result, info = upscaling.run_extras(
-                image, resize_mode=body.resize_mode, upscaling_resize=body.upscaling_resize,
-                upscaling_resize_w=body.upscaling_resize_w, upscaling_resize_h=body.upscaling_resize_h,
-                upscaling_crop=body.upscaling_crop, upscaler_1=body.upscaler_1, upscaler_2=body.upscaler_2,
-                extras_upscaler_2_visibility=body.extras_upscaler_2_visibility)
-        extra = {"postprocessing": info} if info else None
-        return images.encode_image(result, str(engine.settings.get("samples_format")), text, extra), info
 
     @router.post("/png-info", response_model=PNGInfoResponse)
     def png_info(body: PNGInfoBody) -> dict[str, Any]:
@@ -118,7 +113,27 @@ def register(app, service: ApiService) -> None:
         raise ApiError(501, "no interrogator (CLIP / DeepDanbooru) is available in Atelier yet",
                        error="NotImplemented")
 
-    # -- job control -----------------------------------------------------------------------------
+
+def _run_extras(service: ApiService, image, body: ExtrasBody) -> tuple[str, str]:
+    w, h = upscaling.target_size(image, body.resize_mode, body.upscaling_resize, body.upscaling_resize_w,
+                                 body.upscaling_resize_h)
+    if w > MAX_EXTRAS_SIDE or h > MAX_EXTRAS_SIDE or w * h > MAX_EXTRAS_PIXELS:
+        field = "upscaling_resize" if body.resize_mode == 0 else "upscaling_resize_w"
+        raise ValidationError(field, f"the result would be {w}x{h}; at most {MAX_EXTRAS_SIDE} a side")
+    text, _ = infotext.read_image_infotext(image)
+    with service.extras_lock:
+        result, info = upscaling.run_extras(
+            image, resize_mode=body.resize_mode, upscaling_resize=body.upscaling_resize,
+            upscaling_resize_w=body.upscaling_resize_w, upscaling_resize_h=body.upscaling_resize_h,
+            upscaling_crop=body.upscaling_crop, upscaler_1=body.upscaler_1, upscaler_2=body.upscaler_2,
+            extras_upscaler_2_visibility=body.extras_upscaler_2_visibility)
+    extra = {"postprocessing": info} if info else None
+    return images.encode_image(result, str(service.engine.settings.get("samples_format")), text, extra), info
+
+
+def _register_job_control(router: Routes, service: ApiService) -> None:
+    engine = service.engine
+
     @router.get("/progress", response_model=ProgressResponse)
     def progress(skip_current_image: bool = False) -> dict[str, Any]:
         return progress_view(service, skip_current_image)
@@ -132,7 +147,10 @@ def register(app, service: ApiService) -> None:
     def skip() -> None:
         engine.queue.skip()
 
-    # -- settings --------------------------------------------------------------------------------
+
+def _register_settings(router: Routes, service: ApiService) -> None:
+    engine = service.engine
+
     @router.get("/options")
     def get_options() -> dict[str, Any]:
         return options_view(service)
@@ -152,7 +170,10 @@ def register(app, service: ApiService) -> None:
             flags["api_auth"] = "<hidden>"
         return {k: _json_safe(v) for k, v in flags.items()}
 
-    # -- lists -----------------------------------------------------------------------------------
+
+def _register_lists(router: Routes, service: ApiService) -> None:
+    engine = service.engine
+
     @router.get("/samplers", response_model=list[SamplerItem])
     def get_samplers() -> list[dict]:
         return samplers.sampler_list_for_api()
@@ -184,7 +205,10 @@ def register(app, service: ApiService) -> None:
     for name in lists.EMPTY:
         router.add_api_route(f"/{name}", _list_route(name, engine), methods=["GET"], name=f"get_{name}")
 
-    # -- maintenance -----------------------------------------------------------------------------
+
+def _register_maintenance(router: Routes, service: ApiService) -> None:
+    engine = service.engine
+
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints() -> None:
         engine.models.checkpoints.refresh()
@@ -212,7 +236,6 @@ def register(app, service: ApiService) -> None:
     @router.get("/memory", response_model=MemoryResponse)
     def memory() -> dict[str, Any]:
         return memory_view()
-
 
 
 def _list_route(name: str, engine):
