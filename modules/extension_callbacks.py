@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 # Atelier never calls them (their UI or model internals don't exist here).
 KINDS = ("app_started", "ui_tabs", "ui_settings", "model_loaded", "before_image_saved", "image_saved",
          "cfg_denoiser", "cfg_denoised", "cfg_after_cfg", "infotext_pasted", "script_unloaded",
-         "denoise_hook")
-ACCEPTED_ONLY = ("before_ui", "before_component", "after_component", "ui_train_tabs", "image_grid",
+         "denoise_hook", "before_component", "after_component")
+ACCEPTED_ONLY = ("before_ui", "ui_train_tabs", "image_grid",
                  "before_reload", "list_optimizers", "list_unets", "extra_noise", "before_token_counter",
                  "denoiser", "beta_schedule")
 
@@ -346,6 +346,18 @@ def on_ui_tabs(callback: Callable[[], list]) -> None:
 def on_ui_settings(callback: Callable[[], None]) -> None:
     """callback(): declare settings (shared.opts.add_option or extension_api.register_settings)."""
     add_callback("ui_settings", callback)
+
+
+def on_before_component(callback: Callable[..., None]) -> None:
+    """callback(component, **kwargs): before each Gradio component of the UI is built, with its constructor's
+    keyword arguments (kwargs.get("elem_id")); modules/ui/component_hooks.py calls it."""
+    add_callback("before_component", callback)
+
+
+def on_after_component(callback: Callable[..., None]) -> None:
+    """callback(component, **kwargs): after each Gradio component of the UI is built (A1111's way to find
+    "txt2img_prompt" and wire events to it)."""
+    add_callback("after_component", callback)
 
 
 def on_model_loaded(callback: Callable[[Any], None]) -> None:

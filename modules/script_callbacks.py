@@ -1,15 +1,14 @@
 """A1111's `modules.script_callbacks`, as extensions import it: a public face over
-modules/extension_callbacks.py, holding no logic. Callbacks Atelier has no place for (on_before_component,
-on_list_optimizers, ...) are accepted and never called."""
+modules/extension_callbacks.py, holding no logic. Callbacks Atelier has no place for (on_list_optimizers,
+on_before_ui, ...) are accepted and never called."""
 from modules.extension_callbacks import (AfterCFGCallbackParams, CFGDenoisedParams, CFGDenoiserParams,
-                                         ImageSaveParams, on_app_started, on_before_image_saved, on_cfg_after_cfg,
+                                         ImageSaveParams, on_after_component, on_app_started,
+                                         on_before_component, on_before_image_saved, on_cfg_after_cfg,
                                          on_cfg_denoised, on_cfg_denoiser, on_image_saved, on_infotext_pasted,
                                          on_model_loaded, on_script_unloaded, on_ui_settings, on_ui_tabs)
 from modules.extension_callbacks import accepted_only as _accepted_only
 
 on_before_ui = _accepted_only("before_ui")
-on_before_component = _accepted_only("before_component")
-on_after_component = _accepted_only("after_component")
 on_ui_train_tabs = _accepted_only("ui_train_tabs")
 on_image_grid = _accepted_only("image_grid")
 on_before_reload = _accepted_only("before_reload")

@@ -102,7 +102,9 @@ class Script:
 
     `p` is a ProcessingContext (A1111's field names). Raising in a hook reports the error with the
     extension's name and turns the script off for the rest of the job; the job goes on.
-    `before_component` / `after_component` are accepted but not called (Atelier builds its UI its own way).
+    While the UI is built, `before_component(component, **kwargs)` / `after_component(...)` run around every
+    Gradio component of this script's tab, with the component's constructor arguments (`kwargs.get("elem_id")`),
+    as in A1111 (modules/ui/component_hooks.py).
     """
 
     # Set by the runner (A1111's attributes).
@@ -154,9 +156,11 @@ class Script:
     def postprocess_image(self, p: "ProcessingContext", pp: PostprocessImageArgs, *args: Any) -> None: ...
     def postprocess(self, p: "ProcessingContext", processed: "Processed", *args: Any) -> None: ...
 
-    # Accepted for A1111 compatibility; Atelier does not call these.
-    def before_component(self, component: Any, **kwargs: Any) -> None: ...
-    def after_component(self, component: Any, **kwargs: Any) -> None: ...
+    def before_component(self, component: Any, **kwargs: Any) -> None:
+        """Before each component of this tab is built; `kwargs` are its constructor's (elem_id, label, ...)."""
+
+    def after_component(self, component: Any, **kwargs: Any) -> None:
+        """After each component of this tab is built: find one by kwargs.get("elem_id") and wire events to it."""
 
     def describe(self) -> str:
         return ""

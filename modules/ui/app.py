@@ -10,7 +10,8 @@ from PIL import Image
 
 from modules.engine import Engine
 from modules.extension_callbacks import run_ui_tabs
-from modules.ui import extensions_tab, img2img, merger_tab, inpaint, pnginfo, quicksettings, settings_tab, txt2img, upscale
+from modules.ui import (component_hooks, extensions_tab, img2img, merger_tab, inpaint, pnginfo, quicksettings,
+                        settings_tab, txt2img, upscale)
 from modules.ui.common import UIConfig, UIContext
 from modules.ui.outputs import selected_item
 from modules.ui.paste import SendTo
@@ -30,18 +31,28 @@ def head_html() -> str:
 def build_ui(engine: Engine, args: argparse.Namespace) -> gr.Blocks:
     ctx = UIContext(engine, args, UIConfig(engine.paths.data_dir / "ui-config.json"),
                     styles=StyleStore(engine.paths.styles_file))
-    extension_tabs = run_ui_tabs()  # each callback builds its own Blocks, outside ours
+    with component_hooks.installed() as hooks:  # extensions' before/after_component, as A1111 calls them
+        extension_tabs = run_ui_tabs()  # each callback builds its own Blocks, outside ours
+        blocks = _build_blocks(ctx, hooks, extension_tabs)
+    ctx.ui_config.write_missing()
+    for warning in ctx.ui_config.warnings:
+        log.warning(warning)
+    return blocks
+
+
+def _build_blocks(ctx: UIContext, hooks: component_hooks.ComponentHooks, extension_tabs: list) -> gr.Blocks:
+    scripts = ctx.engine.scripts
     with gr.Blocks(title="Atelier", analytics_enabled=False, fill_width=True) as blocks:
         ctx.blocks = blocks
         gr.HTML("", head=head_html(), elem_id="atelier_head", padding=False)
         quick = quicksettings.build(ctx)
         with gr.Tabs(elem_id="tabs") as ctx.tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"), hooks.scripts(scripts.txt2img):
                 t2i = txt2img.build(ctx)
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"), hooks.scripts(scripts.img2img):
                 i2i = img2img.build(ctx)
-            with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"):
-                inp = inpaint.build(ctx)
+            with gr.Tab("Inpaint", id="inpaint", elem_id="tab_inpaint"), hooks.scripts(scripts.img2img):
+                inp = inpaint.build(ctx)  # A1111's inpaint is part of img2img: its scripts see these
             with gr.Tab("Upscale", id="extras", elem_id="tab_extras"):
                 ups = upscale.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
@@ -55,9 +66,6 @@ def build_ui(engine: Engine, args: argparse.Namespace) -> gr.Blocks:
                 extensions_tab.build(ctx)
         _wire_send_to(ctx, t2i, i2i, inp, ups, png)
         _wire_page_load(ctx)
-    ctx.ui_config.write_missing()
-    for warning in ctx.ui_config.warnings:
-        log.warning(warning)
     return blocks
 
 

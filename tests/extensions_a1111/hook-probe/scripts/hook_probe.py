@@ -1,5 +1,5 @@
 """An always-on script using A1111's later hooks: process_before_every_sampling, before_hr and
-postprocess_batch_list (plus before_component / after_component, which must merely be accepted)."""
+postprocess_batch_list (plus before_component / after_component, called only while the UI is built)."""
 import gradio as gr
 
 import modules.scripts as scripts
