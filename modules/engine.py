@@ -40,7 +40,9 @@ REQUEST_OPTIONS = {"sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", 
 
 @dataclass
 class JobOutput:
-    """What a finished job hands back: images (grid first when there is one) with their infotexts."""
+    """What a finished job hands back: images with their infotexts, and the grid. Images past the infotexts are
+    extras a script added in `postprocess` (A1111's way: ControlNet's detected maps): returned and shown, but
+    never saved, with no infotext of their own, and left out of the grid."""
 
     result: GenerationResult
     images: list[Image.Image] = field(default_factory=list)
@@ -188,9 +190,10 @@ class Engine:
         return image_saving.dated_folder(self.paths.outputs_dir, f"{kind}-{'grids' if grid else 'images'}")
 
     def _finish_grid(self, request: GenerationRequest, output: JobOutput, kind: str) -> None:
-        if len(output.images) < 2:
+        generated = output.images[:len(output.infotexts)]  # not a script's extras (see JobOutput)
+        if len(generated) < 2:
             return
-        output.grid = image_saving.make_grid(output.images, rows=None)
+        output.grid = image_saving.make_grid(generated, rows=None)
         if self.option(request, "grid_save") and not request.do_not_save_grid:
             image_saving.save_grid(output.grid, self._outdir(kind, grid=True), infotext=output.infotexts[0],
                                    extension=self.settings.get("grid_format"))

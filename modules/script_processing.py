@@ -210,6 +210,8 @@ class ScriptedJob:
         first = max(0, int(processed.index_of_first_image or 0))
         if first and processed.images:
             out.grid = processed.images[0]
+        # Images a script appended in postprocess (A1111's way) come past the infotexts: they are handed back
+        # and shown, but were never saved (JobOutput).
         out.images = list(processed.images[first:])
         out.infotexts = list(processed.infotexts[first:]) or out.infotexts[:len(out.images)]
         result = out.result

@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -162,6 +163,26 @@ def test_img2img_inpaint_and_hires_fix(engine):
     both = pixels(engine, [unit()], **hires)
     low_only = pixels(engine, [unit(hr_option="Low res only")], **hires)
     assert both.shape == (128, 128, 3) and differs(both, plain_hr) and differs(low_only, both)
+
+
+def test_the_job_hands_back_the_detected_map_for_the_gallery(engine):
+    """What the UI gallery shows: the generated image, then the map (no infotext of its own, never saved)."""
+    job = generate(engine, [unit(resize_mode="Just Resize")], enable_hr=True, hr_scale=2, hr_upscaler="Latent",
+                   denoising_strength=0.6)
+    assert job.state == JobState.done, job.error
+    out = job.result
+    assert len(out.images) == 2 and len(out.infotexts) == 1 and out.grid is None
+    assert out.images[0].size == (128, 128)
+    edges = cv2.Canny(np.asarray(control_image()), 100, 200)
+    assert np.array_equal(np.asarray(out.images[1]), np.stack([edges] * 3, axis=2))  # at the first pass's size
+    init = Image.linear_gradient("L").resize((64, 64)).convert("RGB")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    job = generate(engine, [unit(image=None, module="inpaint_only")], init_images=[init], mask=mask,
+                   denoising_strength=0.75)
+    assert job.state == JobState.done, job.error
+    shown = np.asarray(job.result.images[1])
+    assert (shown[:, :32] == 0).all() and np.array_equal(shown[:, 40:], np.asarray(init)[:, 40:])  # marked black
 
 
 def test_only_masked_inpaint_cuts_the_control_image_to_the_generated_box(engine):

@@ -16,13 +16,18 @@ from tests.tiny_models import save_tiny_controlnet
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir, policy, tmp_path_factory):
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("cn-api")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir, policy, tmp_path_factory, work):
     folder = tmp_path_factory.mktemp("ControlNet")
     save_tiny_controlnet(folder / "tiny-canny.safetensors", "sd1", seed=1)
     save_tiny_controlnet(folder / "tiny-depth.safetensors", "sd1", seed=2)
     (folder / "annotators").mkdir()
     save_tiny_controlnet(folder / "annotators" / "not-a-model.safetensors", "sd1")  # never listed
-    engine = controlnet_engine(tiny_dir, policy, tmp_path_factory.mktemp("cn-api"), folder)
+    engine = controlnet_engine(tiny_dir, policy, work, folder)
     with running_server(engine, ["--nowebui"]) as (url, _):
         yield url
     close(engine)
@@ -71,18 +76,22 @@ def test_detect_runs_the_preprocessor(client, http):
 
 
 def test_txt2img_with_webuiapi_units(client):
+    # Each call gets its own alwayson_scripts: webuiapi's default {} is shared, and its ControlNet units would
+    # stay in it for later tests' clients.
     base = client.txt2img(prompt="a lighthouse", seed=5, width=64, height=64, cfg_scale=5)
     unit = webuiapi.ControlNetUnit(image=control_image(), module="canny", model=client.controlnet_model_list()[0],
                                    processor_res=64, threshold_a=100, threshold_b=200, pixel_perfect=True)
     controlled = client.txt2img(prompt="a lighthouse", seed=5, width=64, height=64, cfg_scale=5,
-                                controlnet_units=[unit])
+                                controlnet_units=[unit], alwayson_scripts={})
     a, b = (np.asarray(r.image).astype(np.int16) for r in (base, controlled))
     assert np.abs(a - b).mean() > 0.5
     info = parse_infotext(controlled.info["infotexts"][0])
     assert info["ControlNet 0"].startswith("Module: canny, Model: tiny-canny [")
     assert "Resize Mode: Resize and Fill" in info["ControlNet 0"]  # webuiapi's default, sent by name
+    assert len(controlled.images) == 2 and controlled.images[1].size == (64, 64)  # the image, then the map
     off = webuiapi.ControlNetUnit(image=control_image(), module="canny", model="tiny-canny", enabled=False)
-    same = client.txt2img(prompt="a lighthouse", seed=5, width=64, height=64, cfg_scale=5, controlnet_units=[off])
+    same = client.txt2img(prompt="a lighthouse", seed=5, width=64, height=64, cfg_scale=5, controlnet_units=[off],
+                         alwayson_scripts={})
     assert np.array_equal(np.asarray(same.image), np.asarray(base.image))
 
 
@@ -101,3 +110,61 @@ def test_raw_alwayson_args_with_any_case_and_int_enums(http):
     bad = http.post("/sdapi/v1/txt2img", json={**payload, "alwayson_scripts": {"ControlNet": {"args": [
         {**unit, "model": "tiny-missing"}]}}})
     assert bad.status_code >= 400 and "ControlNet unit 0" in bad.text and "tiny-missing" in bad.text
+
+
+PAYLOAD = {"prompt": "a lighthouse", "seed": 5, "steps": 3, "width": 64, "height": 64, "sampler_name": "Euler"}
+
+
+def txt2img(http, units, **changes) -> tuple[list, dict]:
+    """(decoded images, info) of an /sdapi/v1/txt2img with these ControlNet units."""
+    body = {**PAYLOAD, **changes, "alwayson_scripts": {"controlnet": {"args": list(units)}}}
+    r = http.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    return [decode(data) for data in r.json()["images"]], json.loads(r.json()["info"])
+
+
+def canny_unit(**kw) -> dict:
+    return {"image": b64_png(control_image()), "module": "canny", "model": "tiny-canny", "processor_res": 64, **kw}
+
+
+def saved_files(work) -> list:
+    return sorted(p for p in (work / "outputs").rglob("*") if p.is_file())
+
+
+def test_the_detected_map_comes_back_after_the_images(http):
+    pictures, info = txt2img(http, [canny_unit()], batch_size=2)
+    assert len(pictures) == 3 and len(info["infotexts"]) == 2  # A1111: infotexts only for the generated ones
+    edges = cv2.Canny(np.asarray(control_image()), 100, 200)
+    assert edges.any() and pictures[2].size == (64, 64)
+    assert np.array_equal(np.asarray(pictures[2].convert("RGB")), np.stack([edges] * 3, axis=2))
+    assert "parameters" not in pictures[2].info and "parameters" in pictures[0].info
+    # The generated images and their infotexts are what they are without the map.
+    same, same_info = txt2img(http, [canny_unit()], batch_size=2,
+                              override_settings={"control_net_no_detectmap": True})
+    assert len(same) == 2 and same_info["infotexts"] == info["infotexts"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(pictures, same))
+
+
+def test_no_map_when_turned_off_or_without_a_preprocessor(http):
+    assert len(txt2img(http, [canny_unit(save_detected_map=False)])[0]) == 1
+    assert len(txt2img(http, [canny_unit(module="none")])[0]) == 1
+    assert len(txt2img(http, [canny_unit(model="None")])[0]) == 1  # a unit that does nothing has no map
+    assert len(txt2img(http, [canny_unit(), canny_unit(threshold_a=50)])[0]) == 3  # one map per unit
+    assert http.post("/sdapi/v1/options", json={"control_net_no_detectmap": True}).status_code == 200
+    try:
+        assert len(txt2img(http, [canny_unit()])[0]) == 1
+    finally:
+        http.post("/sdapi/v1/options", json={"control_net_no_detectmap": False})
+    assert len(txt2img(http, [canny_unit()])[0]) == 2
+
+
+def test_the_map_is_not_saved_nor_put_in_the_grid(http, work):
+    before = saved_files(work)
+    save = {"save_images": True, "override_settings": {"samples_save": True, "grid_save": True}}
+    pictures, info = txt2img(http, [canny_unit()], **save)
+    written = [p for p in saved_files(work) if p not in before]
+    assert len(pictures) == 2 and len(written) == 1 and "-images" in str(written[0])  # no grid of image + map
+    pictures, info = txt2img(http, [canny_unit()], batch_size=2, **save)
+    assert len(pictures) == 4 and info["index_of_first_image"] == 1  # grid, the two images, the map
+    assert pictures[0].size == (128, 64)  # the grid holds the generated images only
+    assert len([p for p in saved_files(work) if p not in before]) == 4  # two more images and their grid

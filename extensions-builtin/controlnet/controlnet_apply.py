@@ -203,6 +203,13 @@ def _only_masked(p: Any, image: Image.Image, mask: Optional[Image.Image]):
     return image.crop(box), (mask.crop(box) if mask is not None and mask.size == image.size else mask)
 
 
+def detected_maps(active: list[ActiveUnit], height: int, width: int) -> list[Image.Image]:
+    """What sd-webui-controlnet hands back after the images: each unit's preprocessed map, fitted to the image
+    size as the UNet reads it, for the units that have a preprocessor and keep `save_detected_map`."""
+    return [map_to_image(fit_map(a.control_map, height, width, a.unit.resize_mode)) for a in active
+            if a.unit.save_detected_map and find_preprocessor(a.unit.module).name != "none"]
+
+
 def infotext_params(active: list[ActiveUnit]) -> dict[str, str]:
     return {f"ControlNet {a.index}": infotext_entry(_effective(a.unit)) for a in active}
 

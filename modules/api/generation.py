@@ -251,6 +251,8 @@ def output_images(engine: Engine, job: Job) -> tuple[list[Image.Image], list[str
 
 def encode_outputs(engine: Engine, job: Job, pictures: list[Image.Image], texts: list[str]) -> list[str]:
     fmt = str(engine.option(job.request, "samples_format") or "png")
+    # Images past the infotexts are a script's extras (JobOutput): sent too, with no infotext, as A1111 does.
+    texts = [*texts, *[None] * (len(pictures) - len(texts))]
     return [images.encode_image(picture, fmt, text) for picture, text in zip(pictures, texts)]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from controlnet_api import add_routes
-from controlnet_apply import activate, infotext_params
+from controlnet_apply import activate, detected_maps, infotext_params
 from controlnet_models import ControlNetLibrary
 from controlnet_ui import build_units  # imported now: the extension's folder is on sys.path only while loading
 from controlnet_units import on_infotext_pasted, unit_from_args
@@ -22,6 +22,7 @@ from modules import extension_api as api
 api.register_settings("ControlNet", {
     "control_net_unit_count": api.setting(3, "Number of ControlNet units (needs a restart)", minimum=1, maximum=10),
     "control_net_model_cache_size": api.setting(2, "ControlNet models kept in memory", minimum=1, maximum=10),
+    "control_net_no_detectmap": api.setting(False, "Do not append the preprocessed maps to the output"),
 })
 
 
@@ -51,6 +52,7 @@ class ControlNetScript(api.Script):
         return states
 
     def process(self, p, *args):
+        p.controlnet_detected_maps = []  # this job's, even if `p` ran before
         try:
             units = [unit_from_args(arg) for arg in args]
             if not any(unit.enabled for unit in units):
@@ -63,9 +65,18 @@ class ControlNetScript(api.Script):
         if not active:
             return
         p.extra_generation_params.update(infotext_params(active))
+        p.controlnet_detected_maps = detected_maps(active, int(p.height), int(p.width))
         hires = bool(getattr(p, "enable_hr", False))
         providers = [lambda call, unit=unit: unit.residuals(call, hires) for unit in active]
         p.add_denoise_hook("cfg_denoiser", lambda state: state.residual_providers.extend(providers))
+
+    def postprocess(self, p, processed, *args):
+        # As sd-webui-controlnet: the maps follow the generated images, which the app hands back and shows but
+        # never saves (they have no infotext). A request's override_settings may turn them off too.
+        overrides = p.override_settings if isinstance(p.override_settings, dict) else {}
+        off = overrides.get("control_net_no_detectmap", api.get_setting("control_net_no_detectmap"))
+        if not off:
+            processed.images.extend(getattr(p, "controlnet_detected_maps", []))
 
 
 def _fail_job(p: Any, error: Exception) -> None:
