@@ -184,7 +184,7 @@ def flop_floor(model, size: int, steps: int, measured_s: float, results: dict) -
 
 def prepacked(model) -> None:
     """What the app does with its default settings after a load (model_manager): packed convs on the CPU."""
-    cpu_prepack.sync((model.unet, model.vae), cpu_prepack.unavailable_reason(model.policy.device) is None)
+    cpu_prepack.sync((model.unet, model.vae), True)
 
 
 def ours(model, steps: int, size: int):

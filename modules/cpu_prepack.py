@@ -42,9 +42,10 @@ def prepack(module: torch.nn.Module) -> int:
 
 
 def sync(modules, enabled: bool) -> None:
-    """Packed or plain, as `enabled` says, for each module (a model's UNet and VAE)."""
+    """Packed or plain, as `enabled` says (the `cpu_prepack` setting), for each module (a model's UNet and VAE,
+    an extension's ControlNet); a module whose weights aren't where packing applies stays plain."""
     for module in modules:
-        if enabled and not is_prepacked(module):
+        if enabled and not is_prepacked(module) and _on_packable_device(module):
             prepack(module)
         elif not enabled and is_prepacked(module):
             unpack(module)
@@ -55,6 +56,11 @@ def unpack(module: torch.nn.Module) -> None:
         if conv.__dict__.get("forward") is not None and getattr(conv.forward, "__func__", None) is _packed_forward:
             del conv.__dict__["forward"]
         conv.__dict__.pop(_PACKED, None)
+
+
+def _on_packable_device(module: torch.nn.Module) -> bool:
+    param = next(module.parameters(), None)
+    return param is not None and unavailable_reason(param.device) is None
 
 
 def is_prepacked(module: torch.nn.Module) -> bool:

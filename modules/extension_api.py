@@ -214,11 +214,7 @@ def optimize_for_inference(module: Any) -> None:
     dtype; calling it again each step is cheap. Weights stay ordinary parameters."""
     from modules import cpu_prepack
 
-    param = next(module.parameters(), None)
-    if param is None:
-        return
-    wanted = bool(get_setting("cpu_prepack")) and cpu_prepack.unavailable_reason(param.device) is None
-    cpu_prepack.sync([module], wanted)
+    cpu_prepack.sync([module], bool(get_setting("cpu_prepack")))
 
 
 def extension_dir() -> Path:

@@ -72,8 +72,7 @@ class ModelManager:
     def _sync_prepack(self, model: LoadedModel) -> None:
         """Packed conv weights on the CPU when the setting says so (off again when it doesn't); not with
         torch.compile, which does its own packing."""
-        wanted = (bool(self.settings.get("cpu_prepack")) and not self.settings.get("unet_compile")
-                  and cpu_prepack.unavailable_reason(self.policy.device) is None)
+        wanted = bool(self.settings.get("cpu_prepack")) and not self.settings.get("unet_compile")
         cpu_prepack.sync((model.unet, model.vae), wanted)
 
     def _switch_to(self, wanted: ModelFile) -> None:

@@ -79,6 +79,12 @@ def test_unpack_restores_the_plain_module():
 def test_not_offered_off_the_cpu():
     assert "CPU" in cpu_prepack.unavailable_reason(torch.device("cuda"))
     assert "CPU" in cpu_prepack.unavailable_reason(torch.device("mps"))
+    elsewhere = torch.nn.Conv2d(4, 4, 3, device="meta")  # sync leaves a module off the CPU plain
+    cpu_prepack.sync([elsewhere], True)
+    assert not cpu_prepack.is_prepacked(elsewhere)
+    on_cpu = torch.nn.Conv2d(4, 4, 3)
+    cpu_prepack.sync([on_cpu], True)
+    assert cpu_prepack.is_prepacked(on_cpu)
 
 
 def test_setting_switches_packing_and_images_stay_the_same_with_a_lora(tiny_dir, policy, tmp_path):
